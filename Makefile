@@ -1,0 +1,34 @@
+# Two commands on a fresh machine:
+#   make demo   runs the product (for now: one scoring node with the shipped demo model)
+#   make test   creates .venv, installs everything, runs the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PORT   ?= 8081
+
+.PHONY: demo test lint bench clean
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned: this is the CPU build already on these machines; the extras
+	# below then find torch satisfied and never pull a multi-GB CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[node,mgeo,dev]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/geogate node --model demo --region cn-east --color blue --port $(PORT)
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check gateway node shared tests
+	$(VENV)/bin/mypy gateway node shared
+
+bench: $(VENV)/.installed
+	$(PY) tests/bench/node_batching.py
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache

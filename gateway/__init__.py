@@ -1,0 +1,1 @@
+"""geogate gateway (lands with issue 4)."""

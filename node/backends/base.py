@@ -1,0 +1,65 @@
+"""The one seam between the node and a model library.
+
+A backend loads a model bundle and hands the node one ``TaskRunner`` per task it serves.
+A runner's work is cut in two so that the batcher can overlap them: ``prepare`` (CPU:
+tokenization) runs on a preparation thread while the device thread is still busy with the
+previous batch, and ``run`` (the forward pass and decoding) runs on the one device thread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, Sequence, TypeVar
+
+from shared.schemas import ParseResult, SimilarityResult
+
+__all__ = [
+    "Pair",
+    "ParseRunner",
+    "LoadedModel",
+    "SimilarityRunner",
+    "Task",
+    "TaskRunner",
+]
+
+Task = Literal["similarity", "parse"]
+Pair = tuple[str, str]
+
+I = TypeVar("I", contravariant=True)
+R = TypeVar("R", covariant=True)
+
+
+class TaskRunner(Protocol[I, R]):
+    def prepare(self, items: Sequence[I]) -> Any:
+        """CPU-side work for one batch (tokenization); must be thread-safe."""
+
+    def run(self, prepared: Any) -> Sequence[R]:
+        """The forward pass and decoding, one result per item, in order."""
+
+
+SimilarityRunner = TaskRunner[Pair, SimilarityResult]
+ParseRunner = TaskRunner[str, ParseResult]
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """What a backend returns: runners plus the identity the node reports."""
+
+    backend: str
+    device: str
+    dtype: str
+    similarity: SimilarityRunner | None
+    parse: ParseRunner | None
+    model_version: str
+    checksum: str  # sha256 over the weight files, hex
+    source: str  # directory or hub id it was loaded from
+    demo: bool = False
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tasks(self) -> tuple[Task, ...]:
+        out: list[Task] = []
+        if self.similarity is not None:
+            out.append("similarity")
+        if self.parse is not None:
+            out.append("parse")
+        return tuple(out)

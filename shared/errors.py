@@ -1,0 +1,138 @@
+"""The error tree of geogate; every error reaches a client as one JSON shape.
+
+    GeogateError                    (status, code)   -> {"error": {"code", "message", "request_id"}}
+    ├── InvalidJSON                 400 invalid_json        body is not JSON / not UTF-8
+    ├── InvalidRequest              422 invalid_request     JSON of the wrong shape or values
+    │   ├── BatchTooLarge           422 batch_too_large     more items than max_batch
+    │   └── InputTooLong            422 input_too_long      an address over max_chars
+    ├── NotFound                    404 not_found
+    ├── MethodNotAllowed            405 method_not_allowed
+    ├── PayloadTooLarge             413 payload_too_large   body over the size limit
+    ├── Overloaded                  429 overloaded          queue full; carries Retry-After
+    ├── Unavailable                 503 unavailable         not ready, draining, task not served
+    ├── DeadlineExceeded            504 deadline_exceeded   the caller's deadline passed
+    └── ModelError                  500 model_error         the model itself failed (never input)
+
+Foreign errors (msgspec, aiohttp) are translated where they are raised, with
+``raise ... from exc``; one middleware per service turns the tree into responses.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import msgspec
+
+__all__ = [
+    "BatchTooLarge",
+    "DeadlineExceeded",
+    "ErrorBody",
+    "ErrorDetail",
+    "GeogateError",
+    "InputTooLong",
+    "InvalidJSON",
+    "InvalidRequest",
+    "MethodNotAllowed",
+    "ModelError",
+    "NotFound",
+    "Overloaded",
+    "PayloadTooLarge",
+    "Unavailable",
+    "error_body",
+]
+
+
+class ErrorDetail(msgspec.Struct, frozen=True):
+    code: str
+    message: str
+    request_id: str
+
+
+class ErrorBody(msgspec.Struct, frozen=True):
+    error: ErrorDetail
+
+
+class GeogateError(Exception):
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+
+class InvalidJSON(GeogateError):
+    status = 400
+    code = "invalid_json"
+
+
+class InvalidRequest(GeogateError):
+    status = 422
+    code = "invalid_request"
+
+
+class BatchTooLarge(InvalidRequest):
+    code = "batch_too_large"
+
+
+class InputTooLong(InvalidRequest):
+    code = "input_too_long"
+
+
+class NotFound(GeogateError):
+    status = 404
+    code = "not_found"
+
+
+class MethodNotAllowed(GeogateError):
+    status = 405
+    code = "method_not_allowed"
+
+
+class PayloadTooLarge(GeogateError):
+    status = 413
+    code = "payload_too_large"
+
+
+class Overloaded(GeogateError):
+    status = 429
+    code = "overloaded"
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
+
+
+class Unavailable(GeogateError):
+    status = 503
+    code = "unavailable"
+
+    def __init__(self, message: str, retry_after_s: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {} if self.retry_after_s is None else {"Retry-After": str(self.retry_after_s)}
+
+
+class DeadlineExceeded(GeogateError):
+    status = 504
+    code = "deadline_exceeded"
+
+
+class ModelError(GeogateError):
+    status = 500
+    code = "model_error"
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def error_body(code: str, message: str, request_id: str) -> bytes:
+    return _encoder.encode(ErrorBody(ErrorDetail(code=code, message=message, request_id=request_id)))
