@@ -2,6 +2,7 @@
 
     GeogateError                    (status, code)   -> {"error": {"code", "message", "request_id"}}
     ├── InvalidJSON                 400 invalid_json        body is not JSON / not UTF-8
+    ├── InvalidHeader               400 invalid_header      e.g. a malformed X-Deadline-Ms
     ├── InvalidRequest              422 invalid_request     JSON of the wrong shape or values
     │   ├── BatchTooLarge           422 batch_too_large     more items than max_batch
     │   └── InputTooLong            422 input_too_long      an address over max_chars
@@ -19,8 +20,6 @@ Foreign errors (msgspec, aiohttp) are translated where they are raised, with
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import msgspec
 
 __all__ = [
@@ -30,6 +29,7 @@ __all__ = [
     "ErrorDetail",
     "GeogateError",
     "InputTooLong",
+    "InvalidHeader",
     "InvalidJSON",
     "InvalidRequest",
     "MethodNotAllowed",
@@ -53,8 +53,10 @@ class ErrorBody(msgspec.Struct, frozen=True):
 
 
 class GeogateError(Exception):
-    status: ClassVar[int] = 500
-    code: ClassVar[str] = "internal"
+    # Class attributes give each subclass its status and code; an instance may override
+    # them when it stands for a foreign error (an aiohttp HTTPException, say).
+    status: int = 500
+    code: str = "internal"
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -67,6 +69,11 @@ class GeogateError(Exception):
 class InvalidJSON(GeogateError):
     status = 400
     code = "invalid_json"
+
+
+class InvalidHeader(GeogateError):
+    status = 400
+    code = "invalid_header"
 
 
 class InvalidRequest(GeogateError):

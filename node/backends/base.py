@@ -14,6 +14,7 @@ from typing import Any, Literal, Protocol, Sequence, TypeVar
 from shared.schemas import ParseResult, SimilarityResult
 
 __all__ = [
+    "LoadSpec",
     "Pair",
     "ParseRunner",
     "LoadedModel",
@@ -39,6 +40,18 @@ class TaskRunner(Protocol[I, R]):
 
 SimilarityRunner = TaskRunner[Pair, SimilarityResult]
 ParseRunner = TaskRunner[str, ParseResult]
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """What to load and how; built by the node from its configuration."""
+
+    model: str  # a bundle or model directory, a hub id, or several joined by ","
+    device: str = "cpu"  # "cpu", "cuda" or "cuda:N"
+    dtype: str = "fp32"  # fp32 | fp16 | bf16 | int8
+    model_version: str | None = None  # overrides the bundle's metadata
+    max_seq_len: int = 128  # tokens; inputs are padded to the batch's longest, never to this
+    demo: bool = False
+
 
 @dataclass(frozen=True)
 class LoadedModel:

@@ -1,0 +1,224 @@
+"""The scoring node's HTTP routes (DESIGN.md wire contracts) and its one middleware."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Awaitable, Callable
+
+import msgspec
+from aiohttp import web
+
+from node.metrics import NodeMetrics
+from node.service import NodeService
+from shared.errors import GeogateError
+from shared.http import (
+    deadline,
+    error_response,
+    from_http_exception,
+    json_response,
+    read_body,
+    request_id,
+)
+from shared.schemas import (
+    CompatParseRequest,
+    CompatParseResponse,
+    MatchRequest,
+    MatchResponse,
+    ParseRequest,
+    ParseResponse,
+    SimilarityRequest,
+    SimilarityResponse,
+    decode,
+    encode,
+    validate_addresses,
+    validate_pairs,
+)
+
+__all__ = ["SERVICE", "create_app"]
+
+log = logging.getLogger("geogate.node.http")
+
+SERVICE = web.AppKey("service", NodeService)
+METRICS = web.AppKey("metrics", NodeMetrics)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def create_app(service: NodeService) -> web.Application:
+    cfg = service.config
+    # aiohttp's own limit sits just above ours so that read_body, not aiohttp, words the 413.
+    app = web.Application(middlewares=[_middleware], client_max_size=cfg.max_body_bytes + 1)
+    app[SERVICE] = service
+    app[METRICS] = service.metrics
+    app.router.add_post("/v1/similarity", similarity)
+    app.router.add_post("/v1/parse", parse)
+    app.router.add_post("/match", compat_match)
+    app.router.add_post("/parse", compat_parse)
+    app.router.add_get("/health/live", live)
+    app.router.add_get("/health/ready", ready)
+    app.router.add_get("/health", legacy_health)
+    app.router.add_get("/info", info)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+@web.middleware
+async def _middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Request id, the JSON error shape, identity headers and request metrics, in one pass."""
+    started = time.perf_counter()
+    rid = request_id(request)
+    try:
+        response = await handler(request)
+    except GeogateError as exc:
+        response = error_response(exc, rid)
+    except web.HTTPException as exc:
+        response = error_response(from_http_exception(exc), rid)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unhandled error on %s %s (request %s)", request.method, request.path, rid)
+        response = error_response(GeogateError("internal error"), rid)
+    service = request.app[SERVICE]
+    headers = response.headers
+    headers["X-Request-ID"] = rid
+    headers["X-Color"] = service.config.color
+    headers["X-Region"] = service.config.region
+    if service.model is not None:
+        headers["X-Model-Version"] = service.model.model_version
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    m = request.app[METRICS]
+    m.requests.labels(route, str(response.status)).inc()
+    m.latency.labels(route).observe(time.perf_counter() - started)
+    return response
+
+
+def _identity(service: NodeService) -> tuple[str, str, str]:
+    assert service.model is not None  # scoring only runs once the model is loaded
+    return service.model.model_version, service.config.color, service.config.region
+
+
+async def similarity(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    cfg = service.config
+    body = decode(await read_body(request, cfg.max_body_bytes), SimilarityRequest)
+    validate_pairs(body.pairs, max_items=cfg.max_batch, max_chars=cfg.max_chars)
+    results = await service.similarity(body.pairs, deadline(request, cfg.default_deadline_ms))
+    version, color, region = _identity(service)
+    return json_response(encode(SimilarityResponse(results, version, color, region)))
+
+
+async def parse(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    cfg = service.config
+    body = decode(await read_body(request, cfg.max_body_bytes), ParseRequest)
+    validate_addresses(body.addresses, max_items=cfg.max_batch, max_chars=cfg.max_chars)
+    results = await service.parse(body.addresses, deadline(request, cfg.default_deadline_ms))
+    version, color, region = _identity(service)
+    return json_response(encode(ParseResponse(results, version, color, region)))
+
+
+async def compat_match(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    cfg = service.config
+    body = decode(await read_body(request, cfg.max_body_bytes), MatchRequest)
+    pair = (body.address1, body.address2)
+    validate_pairs([pair], max_items=1, max_chars=cfg.max_chars)
+    (result,) = await service.similarity([pair], deadline(request, cfg.default_deadline_ms))
+    return json_response(encode(MatchResponse(similarity=result.score)))
+
+
+async def compat_parse(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    cfg = service.config
+    body = decode(await read_body(request, cfg.max_body_bytes), CompatParseRequest)
+    validate_addresses([body.address], max_items=1, max_chars=cfg.max_chars)
+    (result,) = await service.parse([body.address], deadline(request, cfg.default_deadline_ms))
+    return json_response(encode(CompatParseResponse(elements=result.elements)))
+
+
+async def live(request: web.Request) -> web.Response:
+    return json_response(b'{"status":"live"}')
+
+
+class _Readiness(msgspec.Struct, frozen=True):
+    status: str
+    model_version: str | None
+    checksum: str | None
+    color: str
+    region: str
+    device: str
+    queue_depth: int
+    demo: bool
+    error: str | None = None
+
+
+def _readiness(service: NodeService) -> tuple[int, bytes]:
+    cfg, model = service.config, service.model
+    body = _Readiness(
+        status=service.state,
+        model_version=model.model_version if model else None,
+        checksum=model.checksum if model else None,
+        color=cfg.color,
+        region=cfg.region,
+        device=model.device if model else cfg.device,
+        queue_depth=service.queue_depth,
+        demo=bool(model and model.demo),
+        error=service.error,
+    )
+    return (200 if service.ready else 503), encode(body)
+
+
+async def ready(request: web.Request) -> web.Response:
+    status, body = _readiness(request.app[SERVICE])
+    return json_response(body, status, None if status == 200 else {"Retry-After": "1"})
+
+
+async def legacy_health(request: web.Request) -> web.Response:
+    """Older probes read ``/health``: same answer as readiness."""
+    return await ready(request)
+
+
+async def info(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    cfg, model = service.config, service.model
+    body: dict[str, object] = {
+        "service": "geogate-node",
+        "state": service.state,
+        "region": cfg.region,
+        "color": cfg.color,
+        "backend": cfg.backend,
+        "device": model.device if model else cfg.device,
+        "dtype": cfg.dtype,
+        "limits": {
+            "max_batch": cfg.max_batch,
+            "max_chars": cfg.max_chars,
+            "max_body_bytes": cfg.max_body_bytes,
+            "max_batch_size": cfg.max_batch_size,
+            "max_wait_ms": cfg.max_wait_ms,
+            "max_queue": cfg.max_queue,
+            "default_deadline_ms": cfg.default_deadline_ms,
+        },
+    }
+    if model is not None:
+        body |= {
+            "model_version": model.model_version,
+            "checksum": model.checksum,
+            "tasks": list(model.tasks),
+            "source": model.source,
+            "demo": model.demo,
+            "metadata": model.details.get("metadata", {}),
+        }
+    if service.faults.active:
+        body["faults"] = msgspec.to_builtins(service.faults)
+    return json_response(encode(body))
+
+
+async def metrics(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    m = request.app[METRICS]
+    for kind, value in service.gpu_memory().items():
+        m.gpu_memory.labels(kind).set(value)
+    return web.Response(body=m.render(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})

@@ -1,0 +1,75 @@
+"""BIO/BIES token tags <-> MGeo element spans, through a fast tokenizer's offset mapping.
+
+Training (the demo model) encodes character spans into per-token tags with
+``encode_tags``; serving decodes predicted tags back into spans with ``decode_tags``.
+Keeping both here means the round trip is tested in one place. Tags are ``O`` or
+``<P>-<type>`` with P in B, I, E, S; plain BIO is the special case without E and S.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from shared.schemas import Element
+
+__all__ = ["OUTSIDE", "Span", "decode_tags", "encode_tags", "tag_set"]
+
+OUTSIDE = "O"
+Span = tuple[str, int, int]  # (type, start, end): character offsets, end exclusive
+Offsets = Sequence[tuple[int, int]]
+
+
+def tag_set(types: Sequence[str]) -> list[str]:
+    """All BIES tags for ``types``, ``O`` first, in a stable order (the label ids)."""
+    return [OUTSIDE] + [f"{p}-{t}" for t in types for p in "BIES"]
+
+
+def encode_tags(offsets: Offsets, spans: Sequence[Span]) -> list[str | None]:
+    """Per-token tags for character ``spans``; ``None`` for special tokens (no offsets)."""
+    tags: list[str | None] = []
+    for start, end in offsets:
+        if end <= start:
+            tags.append(None)
+            continue
+        tag = OUTSIDE
+        for kind, s, e in spans:
+            if s <= start and end <= e:
+                first, last = start == s, end == e
+                prefix = "S" if first and last else "B" if first else "E" if last else "I"
+                tag = f"{prefix}-{kind}"
+                break
+        tags.append(tag)
+    return tags
+
+
+def decode_tags(tags: Sequence[str], offsets: Offsets, text: str) -> list[Element]:
+    """Spans from per-token tags. Lenient, as a model's output may be ill-formed:
+    an I/E that does not continue a span of its type starts one."""
+    elements: list[Element] = []
+    current: list[int | str] | None = None  # [type, start, end]
+
+    def close() -> None:
+        nonlocal current
+        if current is not None:
+            kind, s, e = current
+            elements.append(Element(type=str(kind), text=text[int(s) : int(e)], start=int(s), end=int(e)))
+            current = None
+
+    for tag, (start, end) in zip(tags, offsets):
+        if end <= start:  # special or padding token
+            continue
+        if tag == OUTSIDE or "-" not in tag:
+            close()
+            continue
+        prefix, kind = tag.split("-", 1)
+        continues = current is not None and current[0] == kind and prefix in ("I", "E")
+        if continues:
+            assert current is not None
+            current[2] = end
+        else:
+            close()
+            current = [kind, start, end]
+        if prefix in ("E", "S"):
+            close()
+    close()
+    return elements

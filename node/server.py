@@ -1,0 +1,62 @@
+"""The node process: serve -> start (load, warm) -> main loop -> shutdown (drain).
+
+On SIGTERM or SIGINT the node stops taking new work (readiness 503, new calls 503),
+finishes every accepted request within ``drain_timeout_s``, then closes the listener.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from aiohttp import web
+
+from node.app import create_app
+from node.identity import ChecksumMismatch
+from node.metrics import NodeMetrics
+from node.service import NodeService
+from shared.config import NodeConfig
+
+__all__ = ["EXIT_BAD_MODEL", "EXIT_LOAD_FAILED", "serve"]
+
+log = logging.getLogger("geogate.node")
+
+EXIT_LOAD_FAILED = 1
+EXIT_BAD_MODEL = 3  # the weights are not the ones --expect-sha256 names: do not restart blindly
+
+
+async def serve(config: NodeConfig) -> int:
+    service = NodeService(config, NodeMetrics())
+    runner = web.AppRunner(create_app(service), access_log=None, handle_signals=False, shutdown_timeout=5)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port, backlog=2048)
+    await site.start()
+    log.info("listening on http://%s:%d (region %s, color %s)", config.host, config.port, config.region, config.color)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    exit_code = 0
+    starter = asyncio.create_task(service.start(), name="node-start")
+    stopper = asyncio.create_task(stop.wait(), name="node-stop")
+    await asyncio.wait({starter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    if starter.done() and starter.exception() is not None:
+        exc = starter.exception()
+        log.error("model failed to load: %s", exc, exc_info=exc)
+        exit_code = EXIT_BAD_MODEL if isinstance(exc, ChecksumMismatch) else EXIT_LOAD_FAILED
+    else:
+        await stopper
+        log.info("signal received: draining (up to %.0f s)", config.drain_timeout_s)
+
+    stopper.cancel()
+    drained = await service.drain(config.drain_timeout_s)
+    if not drained:
+        log.warning("drain timed out; unfinished calls are answered 503")
+    await runner.cleanup()
+    await service.close()
+    starter.cancel()
+    log.info("stopped")
+    return exit_code

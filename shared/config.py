@@ -1,0 +1,195 @@
+"""One configuration format for every geogate service: frozen dataclasses built from
+defaults < YAML file < ``GEOGATE_*`` environment < command-line flags.
+
+Each config class is a frozen dataclass whose fields carry their help text; the CLI
+flags and the environment variable names are derived from the field names, so a
+setting cannot exist in one place and be missing in another. ``os.environ`` is read here
+and nowhere else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, TypeVar, Union
+
+import yaml
+
+__all__ = [
+    "ENV_PREFIX",
+    "ConfigError",
+    "NodeConfig",
+    "add_arguments",
+    "build_config",
+]
+
+ENV_PREFIX = "GEOGATE_"
+
+DEFAULT_NODE_PORT = 8081
+DEFAULT_MAX_BATCH_SIZE = 64
+DEFAULT_MAX_WAIT_MS = 5.0
+DEFAULT_MAX_QUEUE = 4096
+DEFAULT_MAX_BATCH = 256
+DEFAULT_MAX_CHARS = 256
+DEFAULT_MAX_BODY_BYTES = 1 << 20
+DEFAULT_DEADLINE_MS = 10_000
+DEFAULT_DRAIN_TIMEOUT_S = 30.0
+
+COLORS = ("blue", "green")
+BACKENDS = ("hf", "modelscope")
+DTYPES = ("fp32", "fp16", "bf16", "int8")
+
+
+class ConfigError(ValueError):
+    """A setting is missing, unknown or out of range; the message names it."""
+
+
+def _opt(default: Any, help: str, **kw: Any) -> Any:
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    region: str = _opt("local", "region this node serves (reported in X-Region)")
+    color: str = _opt("blue", "deployment color: blue or green")
+    host: str = _opt("127.0.0.1", "address to listen on")
+    port: int = _opt(DEFAULT_NODE_PORT, "port to listen on")
+    model: str = _opt("demo", "'demo' (the shipped demo model), a model directory, or a hub id")
+    backend: str = _opt("hf", "hf (transformers, batched) or modelscope (MGeo pipelines)")
+    device: str = _opt("cpu", "cpu, cuda or cuda:N")
+    dtype: str = _opt("fp32", "fp32, fp16, bf16 or int8 (int8: dynamic quantization, CPU only)")
+    model_version: str | None = _opt(None, "override the model's version name <base>-<finetune>-<timestamp>")
+    expect_sha256: str | None = _opt(None, "refuse to serve unless the weights' SHA-256 equals this")
+    max_batch_size: int = _opt(DEFAULT_MAX_BATCH_SIZE, "items merged into one forward pass at most")
+    max_wait_ms: float = _opt(DEFAULT_MAX_WAIT_MS, "how long the oldest queued item waits for a batch to fill")
+    max_queue: int = _opt(DEFAULT_MAX_QUEUE, "items waiting per task before 429")
+    max_batch: int = _opt(DEFAULT_MAX_BATCH, "items (pairs or addresses) allowed in one request")
+    max_chars: int = _opt(DEFAULT_MAX_CHARS, "characters allowed in one address")
+    max_body_bytes: int = _opt(DEFAULT_MAX_BODY_BYTES, "request body size limit (413 above)")
+    max_seq_len: int = _opt(128, "token limit per input (longer inputs are truncated)")
+    default_deadline_ms: int = _opt(DEFAULT_DEADLINE_MS, "deadline when a call sends no X-Deadline-Ms")
+    drain_timeout_s: float = _opt(DEFAULT_DRAIN_TIMEOUT_S, "on SIGTERM, how long queued work may take")
+    warmup: bool = _opt(True, "run warm-up batches before reporting ready")
+    log_level: str = _opt("info", "debug, info, warning or error")
+    log_json: bool = _opt(True, "log JSON lines (false: plain text)")
+    # Fault injection, for tests and failover drills only.
+    fault_delay_ms: float = _opt(0.0, "FAULT: extra delay before every forward pass")
+    fault_hold_load_file: str | None = _opt(None, "FAULT: do not load the model until this file exists")
+    fault_hold_inference_file: str | None = _opt(None, "FAULT: no forward pass runs until this file exists")
+
+    def __post_init__(self) -> None:
+        _check(self.color in COLORS, "color", f"must be one of {COLORS}, not {self.color!r}")
+        _check(self.backend in BACKENDS, "backend", f"must be one of {BACKENDS}, not {self.backend!r}")
+        _check(self.dtype in DTYPES, "dtype", f"must be one of {DTYPES}, not {self.dtype!r}")
+        _check(self.device == "cpu" or self.device.startswith("cuda"), "device", "must be cpu, cuda or cuda:N")
+        _check(0 <= self.port <= 65535, "port", "must be 0..65535")
+        for name in ("max_batch_size", "max_queue", "max_batch", "max_chars", "max_body_bytes", "max_seq_len"):
+            _check(getattr(self, name) > 0, name, "must be positive")
+        _check(self.max_wait_ms >= 0, "max_wait_ms", "must not be negative")
+        _check(self.default_deadline_ms > 0, "default_deadline_ms", "must be positive")
+        _check(bool(self.region.strip()), "region", "must not be empty")
+
+
+def _check(ok: bool, name: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{name}: {message}")
+
+
+C = TypeVar("C")
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
+    """One ``--flag`` per field; defaults stay None so only given flags override."""
+    parser.add_argument("--config", type=Path, default=None, help="YAML config file")
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        env = ENV_PREFIX + f.name.upper()
+        help_text = f"{f.metadata.get('help', '')} [env {env}; default {f.default!r}]"
+        parser.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(), help=help_text)
+
+
+def build_config(
+    cls: type[C],
+    *,
+    section: str,
+    file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> C:
+    """Merge the layers and coerce strings to the fields' types; unknown keys are errors."""
+    env = os.environ if env is None else env
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+
+    if file is not None:
+        data = _read_yaml(file)
+        layer = data[section] if isinstance(data.get(section), dict) else data
+        for key, raw in layer.items():
+            if key not in fields:
+                if isinstance(raw, dict):
+                    continue  # another service's section of a shared file
+                raise ConfigError(f"{file}: unknown setting {key!r} (known: {', '.join(sorted(fields))})")
+            values[key] = _coerce(key, raw, hints[key])
+    for name in fields:
+        raw = env.get(ENV_PREFIX + name.upper())
+        if raw is not None:
+            values[name] = _coerce(ENV_PREFIX + name.upper(), raw, hints[name])
+    for name, raw in (overrides or {}).items():
+        if raw is not None:
+            if name not in fields:
+                raise ConfigError(f"unknown setting {name!r}")
+            values[name] = _coerce("--" + name.replace("_", "-"), raw, hints[name])
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _coerce(name: str, raw: Any, hint: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if raw is None or (isinstance(raw, str) and raw.strip().lower() in ("", "none", "null")):
+            return None
+        hint = args[0]
+    try:
+        if hint is bool:
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in _TRUE:
+                return True
+            if text in _FALSE:
+                return False
+            raise ValueError(f"not a boolean: {raw!r}")
+        if hint is int:
+            if isinstance(raw, bool) or isinstance(raw, float) and not raw.is_integer():
+                raise ValueError(f"not an integer: {raw!r}")
+            return int(raw)
+        if hint is float:
+            return float(raw)
+        if hint is str:
+            return str(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from exc
+    return raw

@@ -1,0 +1,96 @@
+"""HTTP plumbing both services share: request ids, bodies with a size limit, deadlines,
+and the one place where errors become the JSON error shape."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+
+from aiohttp import web
+
+from shared.errors import (
+    GeogateError,
+    InvalidHeader,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    error_body,
+)
+
+__all__ = [
+    "JSON",
+    "MAX_DEADLINE_MS",
+    "REQUEST_ID",
+    "deadline",
+    "error_response",
+    "from_http_exception",
+    "json_response",
+    "read_body",
+    "request_id",
+]
+
+JSON = "application/json"
+REQUEST_ID = "geogate.request_id"
+MAX_DEADLINE_MS = 600_000
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
+
+
+def request_id(request: web.Request) -> str:
+    """The caller's X-Request-ID when it is sane, else a new one; stored on the request."""
+    rid: str | None = request.get(REQUEST_ID)
+    if rid is None:
+        given = request.headers.get("X-Request-ID", "")
+        rid = given if _REQUEST_ID_RE.match(given) else uuid.uuid4().hex
+        request[REQUEST_ID] = rid
+    return rid
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"body of {request.content_length} bytes; at most {limit} are allowed")
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise PayloadTooLarge(f"body over {limit} bytes") from exc
+    if len(body) > limit:  # client_max_size may be set higher than this route's limit
+        raise PayloadTooLarge(f"body of {len(body)} bytes; at most {limit} are allowed")
+    return body
+
+
+def deadline(request: web.Request, default_ms: int) -> float:
+    """The caller's deadline as event-loop time, from ``X-Deadline-Ms`` (milliseconds the
+    caller is willing to wait from now) or the default."""
+    raw = request.headers.get("X-Deadline-Ms")
+    if raw is None:
+        ms = float(default_ms)
+    else:
+        try:
+            ms = float(raw.strip())
+        except ValueError:
+            raise InvalidHeader(f"X-Deadline-Ms must be a number of milliseconds, not {raw[:40]!r}") from None
+        if not 0 < ms <= MAX_DEADLINE_MS:  # also rejects nan and inf
+            raise InvalidHeader(f"X-Deadline-Ms must be in (0, {MAX_DEADLINE_MS}]")
+    return asyncio.get_running_loop().time() + ms / 1000
+
+
+def json_response(body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=body, status=status, content_type=JSON, headers=headers)
+
+
+def error_response(exc: GeogateError, rid: str) -> web.Response:
+    return json_response(error_body(exc.code, exc.message, rid), exc.status, exc.headers() or None)
+
+
+def from_http_exception(exc: web.HTTPException) -> GeogateError:
+    """aiohttp's own errors (no route, wrong method, body too large) in our tree."""
+    if isinstance(exc, web.HTTPNotFound):
+        return NotFound("no such route")
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        return MethodNotAllowed(f"method not allowed; use {', '.join(sorted(exc.allowed_methods))}")
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return PayloadTooLarge("body too large")
+    error = GeogateError(exc.reason or "error")
+    error.status = exc.status
+    error.code = (exc.reason or "error").lower().replace(" ", "_")
+    return error

@@ -1,0 +1,48 @@
+"""Logging set-up: JSON lines by default (one object per line, for log shippers), plain
+text for humans. Loggers are named per subsystem (``geogate.node.batcher``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+__all__ = ["setup_logging"]
+
+# Attributes every LogRecord has; anything else was passed with ``extra=`` and is kept.
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+class _JSONFormatter(logging.Formatter):
+    def __init__(self, fields: dict[str, str]) -> None:
+        super().__init__()
+        self._fields = fields
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, object] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+            **self._fields,
+        }
+        out.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False, default=str)
+
+
+def setup_logging(level: str = "info", *, json_lines: bool = True, **fields: str) -> None:
+    """``fields`` (region, color, ...) are added to every JSON line."""
+    handler = logging.StreamHandler(sys.stderr)
+    if json_lines:
+        handler.setFormatter(_JSONFormatter(fields))
+    else:
+        tag = " ".join(f"{k}={v}" for k, v in fields.items())
+        handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s %(name)s [{tag}] %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("aiohttp.access", "transformers", "modelscope", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
