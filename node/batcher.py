@@ -38,6 +38,7 @@ class BatchObserver:
     def batch_done(self, task: str, size: int, seconds: float) -> None: ...
     def dropped(self, task: str, reason: str, items: int) -> None: ...
     def queue_depth(self, task: str, items: int) -> None: ...
+    def in_flight(self, task: str, items: int) -> None: ...
 
 
 @dataclass(slots=True, eq=False)
@@ -76,6 +77,7 @@ class Batcher(Generic[I, R]):
         self._wakeup = asyncio.Event()
         self._slots = asyncio.Semaphore(PIPELINE_DEPTH)
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._in_flight_items = 0
         self._loop_task: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -83,6 +85,10 @@ class Batcher(Generic[I, R]):
     def queue_depth(self) -> int:
         """Items accepted but not yet handed to the device."""
         return self._queued_items
+
+    @property
+    def batches_in_flight(self) -> int:
+        return len(self._in_flight)
 
     @property
     def busy(self) -> bool:
@@ -156,6 +162,7 @@ class Batcher(Generic[I, R]):
             except BaseException:
                 self._slots.release()
                 raise
+            self._count_in_flight(sum(len(e.items) for e in batch))
             task = asyncio.create_task(self._execute(batch))
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
@@ -238,7 +245,12 @@ class Batcher(Generic[I, R]):
                     entry.future.set_result(results[offset : offset + n])
                 offset += n
         finally:
+            self._count_in_flight(-sum(len(e.items) for e in batch))
             self._slots.release()
+
+    def _count_in_flight(self, delta: int) -> None:
+        self._in_flight_items += delta
+        self._observer.in_flight(self.task, self._in_flight_items)
 
     def _compute(self, prepared: object) -> Sequence[R]:
         if self._before_run is not None:

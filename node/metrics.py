@@ -33,6 +33,9 @@ class NodeMetrics(BatchObserver):
             buckets=_LATENCY_BUCKETS, registry=r,
         )
         self.queue = Gauge("geogate_node_queue_depth", "items waiting for a batch", ["task"], registry=r)
+        self.in_flight_items = Gauge(
+            "geogate_node_in_flight_items", "items in batches being prepared or computed", ["task"], registry=r
+        )
         self.dropped_items = Counter(
             "geogate_node_dropped_items", "items not computed: deadline, cancelled, queue_full",
             ["task", "reason"], registry=r,
@@ -57,6 +60,9 @@ class NodeMetrics(BatchObserver):
 
     def queue_depth(self, task: str, items: int) -> None:
         self.queue.labels(task).set(items)
+
+    def in_flight(self, task: str, items: int) -> None:
+        self.in_flight_items.labels(task).set(items)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,0 +1,301 @@
+"""Train the shipped DEMO model: a tiny char-level BERT pair classifier and tagger.
+
+    python -m node.demo.train --out node/demo/model --seed 1
+
+Both models are trained from scratch on the CPU (a few minutes on 2 cores) on synthetic
+addresses from ``node.demo.synth`` and evaluated on a held-out set drawn with another
+seed. They learn the shape of Chinese addresses, not geography: this is a demo that lets
+the whole system run offline, not MGeo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+    BertTokenizerFast,
+    PreTrainedModel,
+    get_linear_schedule_with_warmup,
+)
+
+from node.backends.tags import decode_tags, encode_tags, tag_set
+from node.demo import gazetteer, synth
+from node.identity import METADATA_FILE
+
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+# Characters that real addresses use beyond the gazetteer's names, so that the demo's
+# tokenizer does not turn everyday inputs into [UNK].
+COMMON_CHARS = (
+    "省市区县镇乡村街道路巷弄里坊胡同号楼层室栋幢座单元门期区苑园院府邸庭居城廷湾岛"
+    "小区花园公寓大厦广场中心商场超市酒店宾馆医院学校大学中学小学幼儿园银行公司厂站"
+    "东南西北中上下前后左右内外附近旁边对面侧隔壁往向米公里交叉口路口与和及"
+    "一二三四五六七八九十百千零〇两第甲乙丙丁新老大小"
+    "社居委会组队屯庄寨营堡桥河江湖海山岭坡塘湾港口埠关台阁楼塔寺庙宫殿"
+    "工业园科技产业开发高新经济技术保税自贸"
+)
+PUNCT = "()（）-－—_/,，.。、:：;；#·~"
+LABEL_NAMES = ["not_match", "partial_match", "exact_match"]  # MGeo's order; ids 0, 1, 2
+MAX_LEN = 128
+
+
+def _is_cjk(ch: str) -> bool:
+    return "\u4e00" <= ch <= "\u9fff" or "\u3400" <= ch <= "\u4dbf"
+
+
+def build_vocab() -> list[str]:
+    """[PAD]..[MASK], CJK characters, digits and ASCII letters with ## forms, punctuation.
+
+    Digits and letters come both bare and as ``##`` continuations, so a run like ``969``
+    or ``5F`` splits into one token per character (9, ##6, ##9) and element spans always
+    fall on token boundaries.
+    """
+    texts = [*gazetteer.all_strings(), *synth.LITERALS, COMMON_CHARS]
+    cjk = sorted({ch for text in texts for ch in text if _is_cjk(ch)})
+    alnum = [*"0123456789", *"ABCDEFGHIJKLMNOPQRSTUVWXYZ", *"abcdefghijklmnopqrstuvwxyz"]
+    punct = list(dict.fromkeys(PUNCT))
+    return [*SPECIALS, *cjk, *alnum, *(f"##{c}" for c in alnum), *punct]
+
+
+def build_tokenizer(max_len: int) -> BertTokenizerFast:
+    with tempfile.TemporaryDirectory() as tmp:
+        vocab = Path(tmp) / "vocab.txt"
+        vocab.write_text("\n".join(build_vocab()) + "\n", encoding="utf-8")
+        # Case is kept: 5F and A座 are written that way, and lower-casing would fold them.
+        return BertTokenizerFast(
+            vocab_file=str(vocab), do_lower_case=False, tokenize_chinese_chars=True, model_max_length=max_len
+        )
+
+
+def _config(tokenizer: BertTokenizerFast, args: argparse.Namespace, **labels: Any) -> BertConfig:
+    return BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=args.hidden,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        intermediate_size=args.intermediate,
+        max_position_embeddings=MAX_LEN,
+        type_vocab_size=2,
+        hidden_dropout_prob=0.1,
+        attention_probs_dropout_prob=0.1,
+        pad_token_id=tokenizer.pad_token_id,
+        **labels,
+    )
+
+
+Batch = dict[str, torch.Tensor]
+
+
+def _batches(features: list[dict[str, list[int]]], size: int, rng: random.Random | None) -> list[Batch]:
+    """Padded batches; with ``rng``, shuffled but grouped by length so padding stays small."""
+    order = list(range(len(features)))
+    if rng is not None:
+        rng.shuffle(order)
+        # sort within windows of 50 batches: random batches, little padding
+        window = size * 50
+        order = [i for w in range(0, len(order), window) for i in sorted(order[w : w + window], key=lambda i: len(features[i]["input_ids"]))]
+    batches = []
+    for start in range(0, len(order), size):
+        items = [features[i] for i in order[start : start + size]]
+        width = max(len(f["input_ids"]) for f in items)
+        batch: Batch = {}
+        for key in items[0]:
+            pad = -100 if key == "labels" else 0
+            batch[key] = torch.tensor([f[key] + [pad] * (width - len(f[key])) for f in items])
+        batches.append(batch)
+    if rng is not None:
+        rng.shuffle(batches)
+    return batches
+
+
+def _fit(model: PreTrainedModel, train: list[dict[str, list[int]]], epochs: int, lr: float, batch: int, seed: int, log: Callable[[str], None]) -> None:
+    rng = random.Random(seed)
+    steps = epochs * math.ceil(len(train) / batch)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    schedule = get_linear_schedule_with_warmup(optimizer, int(0.06 * steps), steps)
+    model.train()
+    for epoch in range(epochs):
+        total, count, started = 0.0, 0, time.monotonic()
+        for b in _batches(train, batch, rng):
+            loss = model(**b).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad()
+            total, count = total + loss.item(), count + 1
+        log(f"  epoch {epoch + 1}/{epochs}: loss {total / count:.4f} ({time.monotonic() - started:.0f}s)")
+    model.eval()
+
+
+def _predict(model: PreTrainedModel, features: list[dict[str, list[int]]]) -> list[list[int]]:
+    """Argmax per example (sequence) or per token (token classification), unpadded."""
+    out: list[list[int]] = []
+    with torch.inference_mode():
+        for b in _batches([{k: v for k, v in f.items() if k != "labels"} for f in features], 256, None):
+            pred = model(**b).logits.argmax(-1)
+            lengths = b["attention_mask"].sum(-1).tolist()
+            out += [row[:n] if pred.dim() == 2 else [row] for row, n in zip(pred.tolist(), lengths)]
+    return out
+
+
+# ---------------------------------------------------------------------------- similarity
+
+
+def similarity_features(tokenizer: BertTokenizerFast, pairs: Sequence[synth.Pair]) -> list[dict[str, list[int]]]:
+    enc = tokenizer([a for a, _, _ in pairs], [b for _, b, _ in pairs], truncation="longest_first", max_length=MAX_LEN)
+    label_ids = {name: i for i, name in enumerate(LABEL_NAMES)}
+    return [
+        {"input_ids": ids, "token_type_ids": types, "attention_mask": mask, "labels": [label_ids[label]]}
+        for ids, types, mask, (_, _, label) in zip(enc["input_ids"], enc["token_type_ids"], enc["attention_mask"], pairs)
+    ]
+
+
+def similarity_accuracy(model: PreTrainedModel, features: list[dict[str, list[int]]]) -> float:
+    predicted = _predict(model, features)
+    return sum(p[0] == f["labels"][0] for p, f in zip(predicted, features)) / len(features)
+
+
+# ---------------------------------------------------------------------------- parse
+
+
+def parse_features(tokenizer: BertTokenizerFast, data: Sequence[tuple[str, list[synth.Span]]], tags: list[str]) -> tuple[list[dict[str, list[int]]], list[list[tuple[int, int]]]]:
+    tag_ids = {t: i for i, t in enumerate(tags)}
+    enc = tokenizer([text for text, _ in data], truncation=True, max_length=MAX_LEN, return_offsets_mapping=True)
+    features, offsets = [], []
+    for ids, mask, row_offsets, (_, spans) in zip(enc["input_ids"], enc["attention_mask"], enc["offset_mapping"], data):
+        labels = [-100 if t is None else tag_ids[t] for t in encode_tags(row_offsets, spans)]
+        features.append({"input_ids": ids, "attention_mask": mask, "labels": labels})
+        offsets.append([tuple(o) for o in row_offsets])
+    return features, offsets
+
+
+def parse_f1(model: PreTrainedModel, features: list[dict[str, list[int]]], offsets: list[list[tuple[int, int]]], data: Sequence[tuple[str, list[synth.Span]]], tags: list[str]) -> float:
+    """Entity-level micro F1: an element counts when type, start and end all match."""
+    hit = n_pred = n_gold = 0
+    for row, row_offsets, (text, spans) in zip(_predict(model, features), offsets, data):
+        found = {(e.type, e.start, e.end) for e in decode_tags([tags[i] for i in row], row_offsets, text)}
+        gold = set(spans)
+        hit, n_pred, n_gold = hit + len(found & gold), n_pred + len(found), n_gold + len(gold)
+    precision, recall = hit / max(n_pred, 1), hit / max(n_gold, 1)
+    return 2 * precision * recall / max(precision + recall, 1e-9)
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def _size_mb(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.glob("*.safetensors")) / 1e6
+
+
+def main(argv: list[str] | None = None) -> None:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%MZ")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "model")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--version", default=f"mgeo_demo_tiny-synth_v1-{stamp}")
+    parser.add_argument("--pairs", type=int, default=36000, help="similarity training pairs")
+    parser.add_argument("--addresses", type=int, default=12000, help="parse training addresses")
+    parser.add_argument("--heldout", type=int, default=3000, help="held-out pairs and addresses")
+    parser.add_argument("--sim-epochs", type=int, default=6)
+    parser.add_argument("--parse-epochs", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--intermediate", type=int, default=512)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    heldout_seed = args.seed + 1_000_003  # a different stream than training's
+    started = time.monotonic()
+    tokenizer = build_tokenizer(MAX_LEN)
+    print(f"vocab {len(tokenizer)} tokens")
+
+    # parse first: its encoder then starts the similarity model, which learns faster
+    # when it already knows where an address's elements begin and end
+    tags = tag_set(synth.TYPES)
+    train_addr = synth.address_dataset(args.addresses, args.seed)
+    test_addr = synth.address_dataset(args.heldout, heldout_seed)
+    parse_train, _ = parse_features(tokenizer, train_addr, tags)
+    parse_test, parse_offsets = parse_features(tokenizer, test_addr, tags)
+    parse = BertForTokenClassification(
+        _config(tokenizer, args, id2label=dict(enumerate(tags)), label2id={t: i for i, t in enumerate(tags)})
+    )
+    t0 = time.monotonic()
+    print(f"parse: {len(parse_train)} addresses, {args.parse_epochs} epochs")
+    _fit(parse, parse_train, args.parse_epochs, args.lr, args.batch, args.seed, print)
+    parse_seconds = time.monotonic() - t0
+    f1 = parse_f1(parse, parse_test, parse_offsets, test_addr, tags)
+    print(f"parse held-out entity F1 {f1:.4f} ({parse_seconds:.0f}s)")
+
+    train_pairs = synth.pair_dataset(args.pairs, args.seed)
+    test_pairs = synth.pair_dataset(args.heldout, heldout_seed)
+    sim_train = similarity_features(tokenizer, train_pairs)
+    sim_test = similarity_features(tokenizer, test_pairs)
+    similarity = BertForSequenceClassification(
+        _config(
+            tokenizer, args, id2label=dict(enumerate(LABEL_NAMES)), label2id={n: i for i, n in enumerate(LABEL_NAMES)}
+        )
+    )
+    similarity.bert.load_state_dict(parse.bert.state_dict(), strict=False)  # the pooler is new
+    t0 = time.monotonic()
+    print(f"similarity: {len(sim_train)} pairs, {args.sim_epochs} epochs")
+    _fit(similarity, sim_train, args.sim_epochs, args.lr, args.batch, args.seed, print)
+    sim_seconds = time.monotonic() - t0
+    accuracy = similarity_accuracy(similarity, sim_test)
+    print(f"similarity held-out accuracy {accuracy:.4f} ({sim_seconds:.0f}s)")
+
+    out: Path = args.out
+    for name, model in (("similarity", similarity), ("parse", parse)):
+        model.save_pretrained(out / name, safe_serialization=True)
+        tokenizer.save_pretrained(out / name)
+    metadata = {
+        "model_version": args.version,
+        "base": "mgeo_demo_tiny",
+        "finetune": "synth_v1",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "demo": True,
+        "description": "DEMO model: tiny BERT trained on synthetic addresses; not MGeo, not for production",
+        "eval": {
+            "similarity_accuracy": round(accuracy, 4),
+            "parse_f1": round(f1, 4),
+            "heldout_pairs": len(test_pairs),
+            "heldout_addresses": len(test_addr),
+            "seed": heldout_seed,
+        },
+        "train": {
+            "seed": args.seed,
+            "pairs": len(train_pairs),
+            "addresses": len(train_addr),
+            "similarity_epochs": args.sim_epochs,
+            "parse_epochs": args.parse_epochs,
+            "similarity_seconds": round(sim_seconds),
+            "parse_seconds": round(parse_seconds),
+            "seconds": round(time.monotonic() - started),
+            "threads": args.threads,
+            "config": {k: getattr(args, k) for k in ("hidden", "layers", "heads", "intermediate", "batch", "lr")},
+            "vocab": len(tokenizer),
+        },
+    }
+    (out / METADATA_FILE).write_text(json.dumps(metadata, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    sizes = {name: _size_mb(out / name) for name in ("similarity", "parse")}
+    print(json.dumps({"model_version": args.version, **metadata["eval"], "weights_mb": sizes}, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""Fixtures: node processes started per test or per module, and an HTTP session."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import AsyncIterator, Callable, Iterator
+
+import aiohttp
+import pytest
+
+from helpers import NodeProcess
+
+
+@pytest.fixture
+def start_node(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
+    nodes: list[NodeProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> NodeProcess:
+        node = NodeProcess(tmp_path, *args, env=env)
+        nodes.append(node)
+        return node
+
+    yield start
+    for node in nodes:
+        node.stop()
+
+
+@pytest.fixture(scope="module")
+def demo_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    """One demo-model node shared by a module's read-only tests (startup costs seconds)."""
+    node = NodeProcess(
+        tmp_path_factory.mktemp("demo-node"), "--region", "cn-east", "--color", "green", "--max-batch", "32",
+        "--max-chars", "64", "--max-body-bytes", "4096",
+    )
+    asyncio.run(node.wait_ready())
+    yield node
+    node.stop()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+

@@ -1,0 +1,107 @@
+"""Test harness: real node processes on free loopback ports, real HTTP, polled deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Awaitable, Callable
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+REPO = Path(__file__).resolve().parent.parent
+STARTUP_S = 120.0  # model import and load on a busy 2-core machine
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def wait_until(
+    predicate: Callable[[], bool | Awaitable[bool]], timeout: float = 30.0, what: str = "condition"
+) -> None:
+    """Poll ``predicate`` (sync or async) until it holds; tests never sleep a fixed time to wait."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+class NodeProcess:
+    """A ``geogate node`` subprocess; its log goes to a file the test can read."""
+
+    def __init__(self, tmp: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = tmp / f"node-{self.port}.log"
+        cmd = [sys.executable, "-m", "shared.cli", "node", "--port", str(self.port), "--log-json", "false", *args]
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    async def get(self, session: aiohttp.ClientSession, path: str) -> tuple[int, dict[str, object]]:
+        async with session.get(self.url + path) as resp:
+            return resp.status, await resp.json()
+
+    async def wait_status(self, path: str, status: int, timeout: float = STARTUP_S) -> None:
+        async with aiohttp.ClientSession() as session:
+
+            async def check() -> bool:
+                if self.proc.poll() is not None:
+                    raise AssertionError(f"node exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+                try:
+                    async with session.get(self.url + path) as resp:
+                        return resp.status == status
+                except aiohttp.ClientError:
+                    return False
+
+            await wait_until(check, timeout, f"{path} -> {status} on {self.url}")
+
+    async def wait_ready(self) -> None:
+        await self.wait_status("/health/ready", 200)
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def wait_exit(self, timeout: float = 60.0) -> int:
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+async def scrape(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
+    """``/metrics`` as {'name{label="v",...}': value} for samples, for easy assertions."""
+    async with session.get(url + "/metrics") as resp:
+        assert resp.status == 200
+        text = await resp.text()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return out
