@@ -72,7 +72,7 @@ class NodeService:
         cfg = self.config
         spec = LoadSpec(
             model=cfg.model, device=cfg.device, dtype=cfg.dtype,
-            model_version=cfg.model_version, max_seq_len=cfg.max_seq_len,
+            model_version=cfg.model_version, max_seq_len=cfg.max_seq_len, cpu_threads=cfg.cpu_threads,
         )
         try:
             if self.faults.hold_load_file:

@@ -72,6 +72,7 @@ class NodeConfig:
     max_chars: int = _opt(DEFAULT_MAX_CHARS, "characters allowed in one address")
     max_body_bytes: int = _opt(DEFAULT_MAX_BODY_BYTES, "request body size limit (413 above)")
     max_seq_len: int = _opt(128, "token limit per input (longer inputs are truncated)")
+    cpu_threads: int = _opt(0, "torch threads for CPU inference (0: all cores but one, at least 1)")
     default_deadline_ms: int = _opt(DEFAULT_DEADLINE_MS, "deadline when a call sends no X-Deadline-Ms")
     drain_timeout_s: float = _opt(DEFAULT_DRAIN_TIMEOUT_S, "on SIGTERM, how long queued work may take")
     warmup: bool = _opt(True, "run warm-up batches before reporting ready")
@@ -91,6 +92,7 @@ class NodeConfig:
         for name in ("max_batch_size", "max_queue", "max_batch", "max_chars", "max_body_bytes", "max_seq_len"):
             _check(getattr(self, name) > 0, name, "must be positive")
         _check(self.max_wait_ms >= 0, "max_wait_ms", "must not be negative")
+        _check(self.cpu_threads >= 0, "cpu_threads", "must not be negative")
         _check(self.default_deadline_ms > 0, "default_deadline_ms", "must be positive")
         _check(bool(self.region.strip()), "region", "must not be empty")
 

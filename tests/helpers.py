@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import os
 import signal
 import socket
@@ -104,4 +105,35 @@ async def scrape(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
         for sample in family.samples:
             labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
             out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return out
+
+
+def build_tiny_bundle(out: Path, *, tasks: tuple[str, ...] = ("similarity", "parse"),
+                      labels: list[str] | None = None, version: str | None = "tiny_random-test-20261123") -> Path:
+    """A real transformers model bundle with random weights, small enough to build in a
+    second: for tests of the loading code that do not depend on what the model learned."""
+    from transformers import BertConfig, BertForSequenceClassification, BertForTokenClassification, BertTokenizerFast
+
+    from node.backends.tags import tag_set
+
+    chars = sorted(set("浙江省杭州市余杭区五常街道文一西路号阿里巴巴西溪园区楼层上海黄浦南京东北京海淀中关村大街"))
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *"0123456789", *(f"##{d}" for d in range(10))]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "vocab.txt").write_text("\n".join(vocab), encoding="utf-8")
+    tokenizer = BertTokenizerFast(vocab_file=str(out / "vocab.txt"))
+    size = dict(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                intermediate_size=64, max_position_embeddings=128)
+    names = labels or ["not_match", "partial_match", "exact_match"]
+    tags = tag_set(["prov", "city", "district", "road", "roadno"])
+    models = {
+        "similarity": BertForSequenceClassification(BertConfig(
+            **size, num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})),
+        "parse": BertForTokenClassification(BertConfig(
+            **size, num_labels=len(tags), id2label=dict(enumerate(tags)), label2id={t: i for i, t in enumerate(tags)})),
+    }
+    for task in tasks:
+        models[task].save_pretrained(out / task)
+        tokenizer.save_pretrained(out / task)
+    if version:
+        (out / "geogate.json").write_text(json.dumps({"model_version": version}), encoding="utf-8")
     return out

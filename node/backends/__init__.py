@@ -5,6 +5,7 @@ Backends are imported lazily: the modelscope one only with the ``mgeo`` extra.
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 
 from node.backends.base import LoadedModel, LoadSpec
@@ -13,6 +14,11 @@ __all__ = ["load_model"]
 
 
 def load_model(spec: LoadSpec, backend: str) -> LoadedModel:
+    import torch
+
+    # torch defaults to one thread per core; with the event loop and the tokenizer on
+    # the same cores, OpenMP's spinning threads then slow small forward passes 10-100x.
+    torch.set_num_threads(spec.cpu_threads or max(1, (os.cpu_count() or 2) - 1))
     if spec.model == "demo":
         from node.demo import DEMO_MODEL_DIR
 

@@ -50,6 +50,7 @@ class LoadSpec:
     dtype: str = "fp32"  # fp32 | fp16 | bf16 | int8
     model_version: str | None = None  # overrides the bundle's metadata
     max_seq_len: int = 128  # tokens; inputs are padded to the batch's longest, never to this
+    cpu_threads: int = 0  # torch intra-op threads; 0: all cores but one
     demo: bool = False
 
 

@@ -58,10 +58,10 @@ def load(spec: LoadSpec) -> LoadedModel:
     if "," in spec.model or not root.is_dir():
         raise FileNotFoundError(f"backend hf loads a local directory; {spec.model!r} is not one")
     device = torch.device(spec.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device")
     if spec.dtype == "int8" and device.type != "cpu":
         raise ValueError("dtype int8 is dynamic quantization, which runs on the CPU only; use fp16 on CUDA")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device")
 
     dirs = find_task_dirs(root)
     checksum = weights_checksum(list(dirs.values()))
