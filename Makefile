@@ -24,7 +24,7 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check gateway node shared tests
+	$(VENV)/bin/ruff check --line-length 120 gateway node shared tests
 	$(VENV)/bin/mypy gateway node shared
 
 bench: $(VENV)/.installed

@@ -15,9 +15,10 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Callable, Generic, Sequence, TypeVar
+from typing import Generic, TypeVar
 
 from node.backends.base import TaskRunner
 from shared.errors import DeadlineExceeded, ModelError, Overloaded, Unavailable

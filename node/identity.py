@@ -65,7 +65,7 @@ def read_metadata(directory: Path) -> dict[str, Any]:
         return {}
     data = json.loads(path.read_text(encoding="utf-8"))
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object")
+        raise ValueError(f"{path}: expected a JSON object")  # noqa: TRY004 - a bad file, not a bad argument
     return data
 
 

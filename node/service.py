@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 from node.backends import load_model
 from node.backends.base import LoadedModel, LoadSpec, Pair, Task
@@ -134,10 +135,12 @@ class NodeService:
             await loop.run_in_executor(self._device_pool, runner.run, prepared)
 
     async def similarity(self, pairs: Sequence[Pair], deadline: float) -> list[SimilarityResult]:
-        return await self._batcher("similarity").submit(pairs, deadline)  # type: ignore[no-any-return]
+        results: list[SimilarityResult] = await self._batcher("similarity").submit(pairs, deadline)
+        return results
 
     async def parse(self, addresses: Sequence[str], deadline: float) -> list[ParseResult]:
-        return await self._batcher("parse").submit(addresses, deadline)  # type: ignore[no-any-return]
+        results: list[ParseResult] = await self._batcher("parse").submit(addresses, deadline)
+        return results
 
     def _batcher(self, task: Task) -> Batcher[Any, Any]:
         if self.state != "ready":

@@ -14,9 +14,10 @@ import dataclasses
 import os
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, TypeVar, Union
+from typing import Any, TypeVar, Union
 
 import yaml
 

@@ -11,8 +11,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Awaitable, Callable
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
@@ -121,8 +121,8 @@ def build_tiny_bundle(out: Path, *, tasks: tuple[str, ...] = ("similarity", "par
     out.mkdir(parents=True, exist_ok=True)
     (out / "vocab.txt").write_text("\n".join(vocab), encoding="utf-8")
     tokenizer = BertTokenizerFast(vocab_file=str(out / "vocab.txt"))
-    size = dict(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                intermediate_size=64, max_position_embeddings=128)
+    size = {"vocab_size": len(vocab), "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+            "intermediate_size": 64, "max_position_embeddings": 128}
     names = labels or ["not_match", "partial_match", "exact_match"]
     tags = tag_set(["prov", "city", "district", "road", "roadno"])
     models = {

@@ -11,8 +11,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from helpers import build_tiny_bundle
+
 from node.backends import load_model
 from node.backends.base import LoadSpec
 

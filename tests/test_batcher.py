@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator, Sequence
 
 import pytest
-
-from node.batcher import BatchObserver, Batcher
-from shared.errors import DeadlineExceeded, ModelError, Overloaded, Unavailable
 from helpers import wait_until
+
+from node.batcher import Batcher, BatchObserver
+from shared.errors import DeadlineExceeded, ModelError, Overloaded, Unavailable
 
 
 class RecordingRunner:

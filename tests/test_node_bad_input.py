@@ -9,7 +9,6 @@ import json
 
 import aiohttp
 import pytest
-
 from helpers import NodeProcess, scrape
 
 OK_PAIR = ["杭州市文一西路969号", "杭州文一西路969号"]

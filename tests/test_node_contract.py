@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 
 import aiohttp
-
 from helpers import NodeProcess, scrape
+
 from shared.schemas import LABELS
 
 ELEMENT_TYPES = {
@@ -14,10 +14,6 @@ ELEMENT_TYPES = {
     "houseno", "cellno", "floorno", "roomno", "assist", "devzone", "village_group", "intersection",
     "distance", "redundant", "others",
 }
-
-
-def _identity_headers(resp: aiohttp.ClientResponse) -> tuple[str, str, str]:
-    return resp.headers["X-Model-Version"], resp.headers["X-Color"], resp.headers["X-Region"]
 
 
 async def test_similarity(demo_node: NodeProcess, http: aiohttp.ClientSession) -> None:
@@ -28,7 +24,8 @@ async def test_similarity(demo_node: NodeProcess, http: aiohttp.ClientSession) -
     async with http.post(demo_node.url + "/v1/similarity", json={"pairs": pairs}, headers={"X-Request-ID": "abc-1"}) as resp:
         assert resp.status == 200
         body = await resp.json()
-        version, color, region = _identity_headers(resp)
+        version = resp.headers["X-Model-Version"]
+        assert (resp.headers["X-Color"], resp.headers["X-Region"]) == ("green", "cn-east")
         assert resp.headers["X-Request-ID"] == "abc-1"
     assert (body["model_version"], body["color"], body["region"]) == (version, "green", "cn-east")
     assert re.fullmatch(r"[A-Za-z0-9._]+-[A-Za-z0-9._]+-[A-Za-z0-9._]+", version)

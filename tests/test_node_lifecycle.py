@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import aiohttp
-
 from helpers import NodeProcess, scrape, wait_until
 
 PAIR = ["杭州市文一西路969号", "杭州文一西路969号"]

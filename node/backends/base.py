@@ -8,16 +8,17 @@ previous batch, and ``run`` (the forward pass and decoding) runs on the one devi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, Sequence, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 from shared.schemas import ParseResult, SimilarityResult
 
 __all__ = [
     "LoadSpec",
+    "LoadedModel",
     "Pair",
     "ParseRunner",
-    "LoadedModel",
     "SimilarityRunner",
     "Task",
     "TaskRunner",
@@ -26,15 +27,15 @@ __all__ = [
 Task = Literal["similarity", "parse"]
 Pair = tuple[str, str]
 
-I = TypeVar("I", contravariant=True)
-R = TypeVar("R", covariant=True)
+I_contra = TypeVar("I_contra", contravariant=True)
+R_co = TypeVar("R_co", covariant=True)
 
 
-class TaskRunner(Protocol[I, R]):
-    def prepare(self, items: Sequence[I]) -> Any:
+class TaskRunner(Protocol[I_contra, R_co]):
+    def prepare(self, items: Sequence[I_contra]) -> Any:
         """CPU-side work for one batch (tokenization); must be thread-safe."""
 
-    def run(self, prepared: Any) -> Sequence[R]:
+    def run(self, prepared: Any) -> Sequence[R_co]:
         """The forward pass and decoding, one result per item, in order."""
 
 

@@ -8,7 +8,7 @@ Keeping both here means the round trip is tested in one place. Tags are ``O`` or
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from shared.schemas import Element
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from transformers import (
@@ -37,9 +38,10 @@ _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 def find_task_dirs(root: Path) -> dict[Task, Path]:
     """``root/similarity`` and ``root/parse`` of a bundle, or ``root`` itself by its config."""
     found: dict[Task, Path] = {}
-    for task in ("similarity", "parse"):
+    tasks: tuple[Task, ...] = ("similarity", "parse")
+    for task in tasks:
         if (root / task / "config.json").is_file():
-            found[task] = root / task  # type: ignore[index]
+            found[task] = root / task
     if found:
         return found
     config = root / "config.json"
@@ -88,7 +90,8 @@ def _prepare_model(model: PreTrainedModel, spec: LoadSpec, device: torch.device)
     if spec.dtype == "int8":
         # Dynamic quantization of the Linear layers: int8 weights, fp32 activations.
         return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
-    return model.to(device=device, dtype=_DTYPES[spec.dtype])
+    moved: torch.nn.Module = model.to(device=device, dtype=_DTYPES[spec.dtype])  # type: ignore[call-arg]
+    return moved
 
 
 def _tokenizer(path: Path) -> PreTrainedTokenizerBase:

@@ -26,7 +26,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE.parent.parent)]
 
-from helpers import NodeProcess  # noqa: E402
+from helpers import NodeProcess
 
 ADDRESSES = [
     "浙江省杭州市余杭区五常街道文一西路969号",
