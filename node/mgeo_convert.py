@@ -66,6 +66,7 @@ def convert(src: Path, dst: Path) -> None:
     tasks = _task_dirs(src)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    tmp.chmod(0o755)  # mkdtemp's 0700 would hide the model from a node running as another user
     try:
         if tasks is None:
             _convert_model(src, tmp)
@@ -86,7 +87,7 @@ def _task_dirs(src: Path) -> dict[Task, Path] | None:
     """None for a single model directory; the task directories of a bundle otherwise."""
     if (src / "configuration.json").is_file():
         return None
-    found: dict[Task, Path] = {t: src / t for t in ("similarity", "parse") if (src / t).is_dir()}  # type: ignore[misc]
+    found: dict[Task, Path] = {t: src / t for t in ("similarity", "parse") if (src / t).is_dir()}
     if not found:
         raise ConversionError(
             f"{src}: neither a ModelScope model directory (configuration.json) nor a bundle (similarity/, parse/)"
@@ -103,7 +104,7 @@ def _convert_model(src: Path, out: Path, expected: Task | None = None) -> None:
     task = _task(src, ms_config, expected)
     _check_plain_bert(src, config)
     labels = _labels(src, ms_config, config)
-    if task == "similarity" and set(labels) != set(LABELS):
+    if task == "similarity" and {label.lower() for label in labels} != set(LABELS):
         raise ConversionError(f"{src}: similarity labels are {labels}; geogate needs {list(LABELS)}")
 
     weights = _bert_weights(src, _load_state_dict(src), task)
@@ -139,7 +140,8 @@ def _check_plain_bert(src: Path, config: dict[str, Any]) -> None:
     if fusion != layers:
         raise ConversionError(
             f"{src}: fusion_layer ({fusion}) differs from num_hidden_layers ({layers}), so the text encoder "
-            "is not a plain BERT (layers from fusion_layer on are GIS cross-attention layers); refusing to convert"
+            "is not a plain BERT (layers from fusion_layer on are GIS cross-attention layers, which MGeo's "
+            "text path skips); refusing to convert rather than truncate the encoder"
         )
     if config.get("gis_embedding", 0) != 0:
         raise ConversionError(f"{src}: gis_embedding is set; its embeddings are not BERT's")
@@ -244,8 +246,7 @@ def _save_tokenizer(src: Path, out: Path, max_positions: int) -> None:
     if not (src / "vocab.txt").is_file():
         raise ConversionError(f"{src}: no vocab.txt")
     tokenizer = BertTokenizerFast.from_pretrained(str(src))
-    if tokenizer.model_max_length > max_positions:
-        tokenizer.model_max_length = max_positions  # so truncation=True never exceeds the positions
+    tokenizer.model_max_length = min(tokenizer.model_max_length, max_positions)  # so truncation=True never exceeds the positions
     tokenizer.save_pretrained(str(out))
 
 
@@ -282,7 +283,10 @@ def _version(src: Path, base: str, source_checksum: str) -> str:
 
 def _verify(out: Path, task: Task) -> None:
     """Load the result the way the hf backend will; any key it misses or ignores is fatal."""
-    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoModelForTokenClassification,
+    )
 
     auto = AutoModelForSequenceClassification if task == "similarity" else AutoModelForTokenClassification
     try:

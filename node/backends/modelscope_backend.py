@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from node.backends.base import LoadedModel, LoadSpec, Pair, Task
 from node.identity import read_metadata, resolve_version, weights_checksum
@@ -38,9 +40,9 @@ from shared.schemas import EXACT_MATCH, LABELS, Element, ParseResult, Similarity
 __all__ = [
     "KNOWN_MODELS",
     "MS_TASKS",
-    "ModelSource",
     "PARSE_MODEL_ID",
     "SIMILARITY_MODEL_ID",
+    "ModelSource",
     "load",
     "resolve_sources",
 ]
@@ -151,7 +153,7 @@ def _bundle(root: Path, entry: str) -> list[ModelSource]:
     for task in ("similarity", "parse"):
         sub = root / task
         if sub.is_dir():
-            found.append(_model_dir(sub, f"{entry}/{task}", expected=task, bundle=root))  # type: ignore[arg-type]
+            found.append(_model_dir(sub, f"{entry}/{task}", expected=task, bundle=root))
     if not found:
         raise FileNotFoundError(
             f"{root}: neither a ModelScope model directory ({_CONFIGURATION}) nor a bundle (similarity/, parse/)"
@@ -179,13 +181,14 @@ def _configured_task(directory: Path) -> str:
         raise FileNotFoundError(f"{directory}: no {_CONFIGURATION}; not a ModelScope model directory")
     config = json.loads(path.read_text(encoding="utf-8"))
     task = config.get("task") if isinstance(config, dict) else None
-    if not isinstance(task, str):
-        raise ValueError(f"{path}: no \"task\" field")
-    return task
+    if isinstance(task, str) and task:
+        return task
+    raise ValueError(f"{path}: no \"task\" field")
 
 
 def _local_snapshot(model_id: str) -> Path:
     """The on-disk snapshot of a hub model; ``local_files_only`` so nothing is downloaded."""
+    _quiet_modelscope()
     try:
         from modelscope.hub.snapshot_download import snapshot_download
     except ImportError as exc:
@@ -242,12 +245,29 @@ def _check_dtype(dtype: str) -> None:
         )
 
 
+def _quiet_modelscope() -> None:
+    # ModelScope logs INFO lines through its own stderr handler (propagate=False), past
+    # geogate's JSON logs; keep it to warnings unless the operator chose a level.
+    os.environ.setdefault("MODELSCOPE_LOG_LEVEL", str(logging.WARNING))
+
+
 def _import_pipeline() -> Callable[..., Pipeline]:
+    _quiet_modelscope()
     try:
         from modelscope.pipelines import pipeline
     except ImportError as exc:
         raise _missing_extra(exc) from exc
-    return pipeline  # type: ignore[no-any-return]
+    return pipeline
+
+
+def _check_positions(directory: Path, max_seq_len: int) -> None:
+    """Every input is padded to max_seq_len, so it must fit the position embeddings."""
+    config = directory / "config.json"
+    if not config.is_file():
+        return  # ModelScope will say what is missing
+    positions = json.loads(config.read_text(encoding="utf-8")).get("max_position_embeddings")
+    if isinstance(positions, int) and max_seq_len > positions:
+        raise ValueError(f"max_seq_len {max_seq_len} exceeds {directory}'s {positions} position embeddings")
 
 
 def _missing_extra(exc: ImportError) -> ImportError:
@@ -256,6 +276,7 @@ def _missing_extra(exc: ImportError) -> ImportError:
 
 
 def _build(pipeline: Callable[..., Pipeline], source: ModelSource, spec: LoadSpec, device: str) -> Pipeline:
+    _check_positions(source.directory, spec.max_seq_len)
     log.info("building %s pipeline from %s", source.ms_task, source.directory)
     return pipeline(
         source.ms_task,
@@ -274,7 +295,7 @@ def _build(pipeline: Callable[..., Pipeline], source: ModelSource, spec: LoadSpe
 
 class _SimilarityRunner:
     def __init__(self, pipe: Pipeline) -> None:
-        labels = {str(v) for v in (getattr(pipe, "id2label", None) or {}).values()}
+        labels = {str(v).lower() for v in (getattr(pipe, "id2label", None) or {}).values()}
         if labels != set(LABELS):
             raise ValueError(f"similarity model labels are {sorted(labels)}; geogate needs {list(LABELS)}")
         self._pipe = pipe
@@ -291,9 +312,10 @@ class _SimilarityRunner:
 
 def _similarity_result(out: dict[str, Any]) -> SimilarityResult:
     scores = [float(s) for s in out["scores"]]
-    labels = [str(label) for label in out["labels"]]
+    labels = [str(label).lower() for label in out["labels"]]
     best = max(range(len(scores)), key=scores.__getitem__)  # the lists are not sorted
-    return SimilarityResult(score=dict(zip(labels, scores))[EXACT_MATCH], label=labels[best])
+    # six digits, as the hf backend reports: the same model answers alike on either backend
+    return SimilarityResult(score=round(dict(zip(labels, scores))[EXACT_MATCH], 6), label=labels[best])
 
 
 class _ParseRunner:
