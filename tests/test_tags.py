@@ -45,3 +45,15 @@ def test_plain_bio_and_ill_formed_sequences_decode_leniently() -> None:
 def test_tag_set_is_stable() -> None:
     tags = tag_set(["prov", "city"])
     assert tags[0] == "O" and len(tags) == 9 and tags[1:5] == ["B-prov", "I-prov", "E-prov", "S-prov"]
+
+
+def test_word_pieces_take_the_first_piece_tag() -> None:
+    """MGeo labels first pieces only: "969" (9 ##6 ##9) is one word and one roadno span,
+    whatever the model said about ##6 and ##9."""
+    text = "路969号"
+    offsets = [(0, 0), (0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (0, 0)]
+    words = [None, 0, 1, 1, 1, 2, None]
+    tags = ["O", "S-road", "B-roadno", "O", "S-poi", "E-roadno", "O"]
+    decoded = decode_tags(tags, offsets, text, words)
+    assert [(e.type, e.text) for e in decoded] == [("road", "路"), ("roadno", "969号")]
+    assert [(e.type, e.text) for e in decode_tags(tags, offsets, text)][1] == ("roadno", "9")  # per piece

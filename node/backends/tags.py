@@ -42,9 +42,18 @@ def encode_tags(offsets: Offsets, spans: Sequence[Span]) -> list[str | None]:
     return tags
 
 
-def decode_tags(tags: Sequence[str], offsets: Offsets, text: str) -> list[Element]:
+def decode_tags(
+    tags: Sequence[str], offsets: Offsets, text: str, word_ids: Sequence[int | None] | None = None
+) -> list[Element]:
     """Spans from per-token tags. Lenient, as a model's output may be ill-formed:
-    an I/E that does not continue a span of its type starts one."""
+    an I/E that does not continue a span of its type starts one.
+
+    With ``word_ids`` (the fast tokenizer's), a word split into pieces ("969" -> 9 ##6
+    ##9) takes the tag of its first piece and covers all of them: MGeo labels only first
+    pieces, so its predictions for the others mean nothing.
+    """
+    if word_ids is not None:
+        tags, offsets = _by_word(tags, offsets, word_ids)
     elements: list[Element] = []
     current: list[int | str] | None = None  # [type, start, end]
 
@@ -73,3 +82,22 @@ def decode_tags(tags: Sequence[str], offsets: Offsets, text: str) -> list[Elemen
             close()
     close()
     return elements
+
+
+def _by_word(
+    tags: Sequence[str], offsets: Offsets, word_ids: Sequence[int | None]
+) -> tuple[list[str], list[tuple[int, int]]]:
+    word_tags: list[str] = []
+    word_offsets: list[tuple[int, int]] = []
+    previous: int | None = None
+    for tag, (start, end), word in zip(tags, offsets, word_ids):
+        if word is None or end <= start:
+            previous = None
+            continue
+        if word == previous and word_offsets:
+            word_offsets[-1] = (word_offsets[-1][0], end)
+        else:
+            word_tags.append(tag)
+            word_offsets.append((start, end))
+        previous = word
+    return word_tags, word_offsets

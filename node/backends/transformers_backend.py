@@ -150,16 +150,17 @@ class _ParseRunner:
             return_tensors="pt",
         )
         offsets = enc.pop("offset_mapping").tolist()
-        return list(items), offsets, enc
+        words = [enc.word_ids(i) for i in range(len(items))]
+        return list(items), offsets, words, enc
 
     def run(self, prepared: Any) -> list[ParseResult]:
-        texts, offsets, enc = prepared
+        texts, offsets, words, enc = prepared
         with torch.inference_mode():
             predicted = self.model(**enc.to(self.device)).logits.argmax(dim=-1).cpu().tolist()
         results = []
-        for text, row_offsets, row in zip(texts, offsets, predicted):
+        for text, row_offsets, row_words, row in zip(texts, offsets, words, predicted):
             tags = [self.tags[i] for i in row]
-            elements: list[Element] = decode_tags(tags, [tuple(o) for o in row_offsets], text)
+            elements: list[Element] = decode_tags(tags, [tuple(o) for o in row_offsets], text, row_words)
             results.append(ParseResult(elements=elements))
         return results
 
