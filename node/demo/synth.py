@@ -54,9 +54,13 @@ __all__ = [
     "TYPES",
     "Place",
     "Span",
+    "AnnotatedPair",
+    "Element",
     "address_dataset",
+    "annotated_pair_dataset",
     "dataset",
     "make_address",
+    "make_annotated_pair",
     "make_pair",
     "pair_dataset",
 ]
@@ -68,6 +72,8 @@ TYPES: tuple[str, ...] = (
 )
 Span = tuple[str, int, int]
 Pair = tuple[str, str, str]
+Element = tuple[str, int, int, str | None]  # (type, start, end, canonical value)
+AnnotatedPair = tuple[str, str, str, list[Element], list[Element]]
 
 DISTRICT, TOWN, ROAD, DOOR = 0, 1, 2, 3  # granularity; DOOR + k adds k building parts
 MAX_CHARS = 58  # two addresses and the special tokens fit the node's default 128 tokens
@@ -239,18 +245,25 @@ def _mutate(rng: random.Random, p: Place, kind: str) -> Place:
 
 
 class _Text:
-    """An address under construction: text plus the spans of its typed pieces."""
+    """An address under construction: text, the spans of its typed pieces and, for each
+    span, the canonical value it writes (浙江 and 浙江省 are both 浙江省; 3幢 and 3号楼 are 3)."""
 
     def __init__(self) -> None:
         self.parts: list[str] = []
         self.spans: list[Span] = []
+        self.keys: list[str | None] = []  # None: decoration (assist), not part of the place
         self.length = 0
 
-    def add(self, kind: str | None, text: str) -> None:
+    def add(self, kind: str | None, text: str, key: str | None = None) -> None:
         if kind is not None:
             self.spans.append((kind, self.length, self.length + len(text)))
+            self.keys.append(key)
         self.parts.append(text)
         self.length += len(text)
+
+    @property
+    def elements(self) -> list[Element]:
+        return [(kind, s, e, key) for (kind, s, e), key in zip(self.spans, self.keys)]
 
     @property
     def text(self) -> str:
@@ -278,11 +291,19 @@ def _render(
     """``p`` written down to ``grain``. ``show``: admin levels that must be written;
     ``mode``: how the door is written (rn, rn_poi, poi_rn, poi); ``pair`` limits the
     decorations to those that keep the pair labels true (no gates, no distances)."""
+    out = _render_text(p, grain, rng, show=show, mode=mode, drop_floor=drop_floor, pair=pair)
+    return out.text, out.spans
+
+
+def _render_text(
+    p: Place, grain: int, rng: random.Random, *, show: frozenset[str] = frozenset(), mode: str = "rn",
+    drop_floor: bool = False, pair: bool = True,
+) -> _Text:
     for _ in range(20):  # a few tries for one that fits MAX_CHARS
         out = _render_once(p, grain, rng, show, mode, drop_floor, pair)
         if out.length <= MAX_CHARS:
             break
-    return out.text, out.spans
+    return out
 
 
 def _render_once(
@@ -299,17 +320,18 @@ def _render_once(
     if "prov" in show:
         top = 0
     if top == 0 or (muni and top == 1):
-        out.add("prov", p.prov.short if rng.random() < 0.4 else p.prov.name)
+        out.add("prov", p.prov.short if rng.random() < 0.4 else p.prov.name, p.prov.name)
     if top <= 1 and not muni:
-        out.add("city", p.city.short if rng.random() < 0.4 else p.city.name)
+        out.add("city", p.city.short if rng.random() < 0.4 else p.city.name, p.city.name)
     if top <= 2:
-        out.add("district", p.district.short if top < 2 and rng.random() < 0.1 else p.district.name)
+        short = top < 2 and rng.random() < 0.1
+        out.add("district", p.district.short if short else p.district.name, p.district.name)
     if grain == TOWN or "town" in show or (grain >= ROAD and rng.random() < 0.3):
-        out.add("town", p.town)
+        out.add("town", p.town, p.town)
     if grain >= ROAD and rng.random() < 0.1:
-        out.add("community", p.community)
+        out.add("community", p.community, p.community)
     if grain == ROAD:
-        out.add("road", p.road)
+        out.add("road", p.road, p.road)
     if grain < DOOR:
         return out
 
@@ -320,8 +342,8 @@ def _render_once(
         opening, closing = rng.choice(_PARENS) if poi_first else ("", "")
         if opening:
             out.add(None, opening)
-        out.add("road", p.road)
-        out.add("roadno", f"{p.roadno}号")
+        out.add("road", p.road, p.road)
+        out.add("roadno", f"{p.roadno}号", str(p.roadno))
         if closing:
             out.add(None, closing)
     if mode == "rn_poi":
@@ -341,16 +363,16 @@ def _render_once(
         if dash:
             if i:
                 out.add(None, "-")
-            out.add(kind, value + ("室" if kind == "roomno" and rng.random() < 0.3 else ""))
+            out.add(kind, value + ("室" if kind == "roomno" and rng.random() < 0.3 else ""), value)
         elif kind == "houseno":
-            out.add(kind, value + rng.choice(_HOUSE_DIGIT if value.isdigit() else _HOUSE_LETTER))
+            out.add(kind, value + rng.choice(_HOUSE_DIGIT if value.isdigit() else _HOUSE_LETTER), value)
         elif kind == "cellno":
-            out.add(kind, value + "单元")
+            out.add(kind, value + "单元", value)
         elif kind == "floorno":
-            out.add(kind, value + rng.choice(_FLOOR))
+            out.add(kind, value + rng.choice(_FLOOR), value)
         else:
             # a bare room number reads as one only after another building part
-            out.add(kind, value + rng.choice(_ROOM if i else _ROOM[:3]))
+            out.add(kind, value + rng.choice(_ROOM if i else _ROOM[:3]), value)
 
     if not parts and rng.random() < (0.12 if pair else 0.25):
         if pair:
@@ -368,9 +390,9 @@ def _render_once(
 
 def _add_poi(out: _Text, p: Place) -> None:
     assert p.poi is not None
-    out.add("poi", p.poi)
+    out.add("poi", p.poi, p.poi)
     if p.subpoi:
-        out.add("subpoi", p.subpoi)
+        out.add("subpoi", p.subpoi, p.subpoi)
 
 
 # ---------------------------------------------------------------------------- generators
@@ -406,7 +428,7 @@ def _modes(rng: random.Random, a: Place, b: Place, ga: int, gb: int, need: str |
 def _pair(
     rng: random.Random, a: Place, b: Place, ga: int, gb: int, show: frozenset[str], need: str | None,
     keep_floor: bool = False,
-) -> tuple[str, str]:
+) -> tuple[_Text, _Text]:
     ma, mb = _modes(rng, a, b, ga, gb, need)
     rooms = all(
         "roomno" in [k for k, _ in p.detail[: max(0, g - DOOR)]] for p, g in ((a, ga), (b, gb))
@@ -415,8 +437,8 @@ def _pair(
     drop_b = rooms and not keep_floor and rng.random() < 0.3
     lo = min(ga, gb)
     show = show | ({"district"} if lo == DISTRICT else {"town"} if lo == TOWN else set())
-    text_a, _ = _render(a, ga, rng, show=show, mode=ma, drop_floor=drop_a)
-    text_b, _ = _render(b, gb, rng, show=show, mode=mb, drop_floor=drop_b)
+    text_a = _render_text(a, ga, rng, show=show, mode=ma, drop_floor=drop_a)
+    text_b = _render_text(b, gb, rng, show=show, mode=mb, drop_floor=drop_b)
     return text_a, text_b
 
 
@@ -425,6 +447,13 @@ _MUTATION_WEIGHTS = {"detail": 2.5, "roadno": 3.0, "road": 1.5, "poi": 1.5, "tow
 
 def make_pair(rng: random.Random, label: str | None = None) -> Pair:
     """One address pair and its label (see the module docstring for the definitions)."""
+    a, b, label, _, _ = make_annotated_pair(rng, label)
+    return a, b, label
+
+
+def make_annotated_pair(rng: random.Random, label: str | None = None) -> AnnotatedPair:
+    """``make_pair`` (same draws) plus each side's elements with their canonical values,
+    from which the trainer derives which elements agree, conflict or are extra."""
     label = label or rng.choice(LABELS)
     place = _place(rng)
     if label == EXACT_MATCH:
@@ -437,9 +466,9 @@ def make_pair(rng: random.Random, label: str | None = None) -> Pair:
     else:
         if rng.random() < 0.1:  # unrelated places
             other = _place(rng)
-            a = _render(place, _grain(rng, place), rng, mode="rn")[0]
-            b = _render(other, _grain(rng, other), rng, mode="rn")[0]
-            return a, b, NOT_MATCH
+            a = _render_text(place, _grain(rng, place), rng, mode="rn")
+            b = _render_text(other, _grain(rng, other), rng, mode="rn")
+            return a.text, b.text, NOT_MATCH, a.elements, b.elements
         ga = _grain(rng, place)
         gb = ga if rng.random() < 0.5 else _grain(rng, place, exclude=ga)
         lo = min(ga, gb)
@@ -462,7 +491,7 @@ def make_pair(rng: random.Random, label: str | None = None) -> Pair:
         a, b = _pair(rng, place, other, ga, gb, show, need, keep_floor=floor_changed)
     if rng.random() < 0.5:
         a, b = b, a
-    return a, b, label
+    return a.text, b.text, label, a.elements, b.elements
 
 
 def make_address(rng: random.Random) -> tuple[str, list[Span]]:
@@ -478,6 +507,12 @@ def pair_dataset(n: int, seed: int) -> list[Pair]:
     """``n`` pairs, the three labels in turn (so balanced), for ``seed``."""
     rng = random.Random(seed)
     return [make_pair(rng, LABELS[i % len(LABELS)]) for i in range(n)]
+
+
+def annotated_pair_dataset(n: int, seed: int) -> list[AnnotatedPair]:
+    """``pair_dataset(n, seed)`` with the elements of both sides."""
+    rng = random.Random(seed)
+    return [make_annotated_pair(rng, LABELS[i % len(LABELS)]) for i in range(n)]
 
 
 def address_dataset(n: int, seed: int) -> list[tuple[str, list[Span]]]:

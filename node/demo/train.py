@@ -95,9 +95,10 @@ def _config(tokenizer: BertTokenizerFast, args: argparse.Namespace, **labels: An
 
 
 Batch = dict[str, torch.Tensor]
+Feature = dict[str, Any]  # input_ids, attention_mask, ... as lists; labels a list or an int
 
 
-def _batches(features: list[dict[str, list[int]]], size: int, rng: random.Random | None) -> list[Batch]:
+def _batches(features: list[Feature], size: int, rng: random.Random | None) -> list[Batch]:
     """Padded batches; with ``rng``, shuffled but grouped by length so padding stays small."""
     order = list(range(len(features)))
     if rng is not None:
@@ -110,8 +111,11 @@ def _batches(features: list[dict[str, list[int]]], size: int, rng: random.Random
         items = [features[i] for i in order[start : start + size]]
         width = max(len(f["input_ids"]) for f in items)
         batch: Batch = {}
-        for key in items[0]:
-            pad = -100 if key == "labels" else 0
+        for key, first in items[0].items():
+            if isinstance(first, int):  # one label per example
+                batch[key] = torch.tensor([f[key] for f in items])
+                continue
+            pad = -100 if key.endswith("labels") else 0
             batch[key] = torch.tensor([f[key] + [pad] * (width - len(f[key])) for f in items])
         batches.append(batch)
     if rng is not None:
@@ -119,7 +123,16 @@ def _batches(features: list[dict[str, list[int]]], size: int, rng: random.Random
     return batches
 
 
-def _fit(model: PreTrainedModel, train: list[dict[str, list[int]]], epochs: int, lr: float, batch: int, seed: int, log: Callable[[str], None]) -> None:
+def _fit(
+    model: torch.nn.Module,
+    loss_of: Callable[[Batch], torch.Tensor],
+    train: list[Feature],
+    epochs: int,
+    lr: float,
+    batch: int,
+    seed: int,
+    log: Callable[[str], None],
+) -> None:
     rng = random.Random(seed)
     steps = epochs * math.ceil(len(train) / batch)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
@@ -128,7 +141,7 @@ def _fit(model: PreTrainedModel, train: list[dict[str, list[int]]], epochs: int,
     for epoch in range(epochs):
         total, count, started = 0.0, 0, time.monotonic()
         for b in _batches(train, batch, rng):
-            loss = model(**b).loss
+            loss = loss_of(b)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
@@ -139,11 +152,11 @@ def _fit(model: PreTrainedModel, train: list[dict[str, list[int]]], epochs: int,
     model.eval()
 
 
-def _predict(model: PreTrainedModel, features: list[dict[str, list[int]]]) -> list[list[int]]:
+def _predict(model: PreTrainedModel, features: list[Feature]) -> list[list[int]]:
     """Argmax per example (sequence) or per token (token classification), unpadded."""
     out: list[list[int]] = []
     with torch.inference_mode():
-        for b in _batches([{k: v for k, v in f.items() if k != "labels"} for f in features], 256, None):
+        for b in _batches([{k: v for k, v in f.items() if not k.endswith("labels")} for f in features], 256, None):
             pred = model(**b).logits.argmax(-1)
             lengths = b["attention_mask"].sum(-1).tolist()
             out += [row[:n] if pred.dim() == 2 else [row] for row, n in zip(pred.tolist(), lengths)]
@@ -153,24 +166,68 @@ def _predict(model: PreTrainedModel, features: list[dict[str, list[int]]]) -> li
 # ---------------------------------------------------------------------------- similarity
 
 
-def similarity_features(tokenizer: BertTokenizerFast, pairs: Sequence[synth.Pair]) -> list[dict[str, list[int]]]:
-    enc = tokenizer([a for a, _, _ in pairs], [b for _, b, _ in pairs], truncation="longest_first", max_length=MAX_LEN)
+# Auxiliary per-token targets on pairs: does this token's element agree with the other
+# address, conflict with it (same type, other value) or is it absent there? Without them
+# the tiny model from scratch only learns granularity cues (exact vs partial) and never
+# starts comparing the two addresses; with them it learns to, and the pair label follows.
+AUX_LABELS = ("agree", "conflict", "extra")
+
+
+def _aux_labels(offsets: list[tuple[int, int]], segments: list[int | None], sides: tuple[list[synth.Element], list[synth.Element]]) -> list[int]:
+    labels = []
+    for (start, end), segment in zip(offsets, segments):
+        label = -100
+        if segment is not None and end > start:
+            own, other = sides[segment], sides[1 - segment]
+            element = next((el for el in own if el[1] <= start and end <= el[2]), None)
+            if element is not None and element[3] is not None:
+                values = {key for kind, _, _, key in other if kind == element[0] and key is not None}
+                label = 0 if element[3] in values else 1 if values else 2
+        labels.append(label)
+    return labels
+
+
+def similarity_features(tokenizer: BertTokenizerFast, pairs: Sequence[synth.AnnotatedPair]) -> list[Feature]:
+    enc = tokenizer(
+        [p[0] for p in pairs], [p[1] for p in pairs], truncation="longest_first", max_length=MAX_LEN,
+        return_offsets_mapping=True,
+    )
     label_ids = {name: i for i, name in enumerate(LABEL_NAMES)}
-    return [
-        {"input_ids": ids, "token_type_ids": types, "attention_mask": mask, "labels": [label_ids[label]]}
-        for ids, types, mask, (_, _, label) in zip(enc["input_ids"], enc["token_type_ids"], enc["attention_mask"], pairs)
-    ]
+    features = []
+    for i, (_, _, label, elements_a, elements_b) in enumerate(pairs):
+        features.append({
+            "input_ids": enc["input_ids"][i],
+            "token_type_ids": enc["token_type_ids"][i],
+            "attention_mask": enc["attention_mask"][i],
+            "labels": label_ids[label],
+            "aux_labels": _aux_labels(enc["offset_mapping"][i], enc.sequence_ids(i), (elements_a, elements_b)),
+        })
+    return features
 
 
-def similarity_accuracy(model: PreTrainedModel, features: list[dict[str, list[int]]]) -> float:
-    predicted = _predict(model, features)
-    return sum(p[0] == f["labels"][0] for p, f in zip(predicted, features)) / len(features)
+def _similarity_loss(model: BertForSequenceClassification, aux_head: torch.nn.Linear, aux_weight: float) -> Callable[[Batch], torch.Tensor]:
+    def loss_of(b: Batch) -> torch.Tensor:
+        out = model.bert(input_ids=b["input_ids"], token_type_ids=b["token_type_ids"], attention_mask=b["attention_mask"])
+        logits = model.classifier(model.dropout(out.pooler_output))
+        loss = torch.nn.functional.cross_entropy(logits, b["labels"])
+        aux = aux_head(out.last_hidden_state)
+        return loss + aux_weight * torch.nn.functional.cross_entropy(aux.flatten(0, 1), b["aux_labels"].flatten())
+
+    return loss_of
+
+
+def similarity_accuracy(model: PreTrainedModel, features: list[Feature]) -> tuple[float, list[list[int]]]:
+    """Accuracy and the confusion matrix (rows: true label, columns: predicted)."""
+    confusion = [[0] * len(LABEL_NAMES) for _ in LABEL_NAMES]
+    for p, f in zip(_predict(model, features), features):
+        confusion[f["labels"]][p[0]] += 1
+    return sum(confusion[i][i] for i in range(len(LABEL_NAMES))) / len(features), confusion
 
 
 # ---------------------------------------------------------------------------- parse
 
 
-def parse_features(tokenizer: BertTokenizerFast, data: Sequence[tuple[str, list[synth.Span]]], tags: list[str]) -> tuple[list[dict[str, list[int]]], list[list[tuple[int, int]]]]:
+def parse_features(tokenizer: BertTokenizerFast, data: Sequence[tuple[str, list[synth.Span]]], tags: list[str]) -> tuple[list[Feature], list[list[tuple[int, int]]]]:
     tag_ids = {t: i for i, t in enumerate(tags)}
     enc = tokenizer([text for text, _ in data], truncation=True, max_length=MAX_LEN, return_offsets_mapping=True)
     features, offsets = [], []
@@ -181,7 +238,7 @@ def parse_features(tokenizer: BertTokenizerFast, data: Sequence[tuple[str, list[
     return features, offsets
 
 
-def parse_f1(model: PreTrainedModel, features: list[dict[str, list[int]]], offsets: list[list[tuple[int, int]]], data: Sequence[tuple[str, list[synth.Span]]], tags: list[str]) -> float:
+def parse_f1(model: PreTrainedModel, features: list[Feature], offsets: list[list[tuple[int, int]]], data: Sequence[tuple[str, list[synth.Span]]], tags: list[str]) -> float:
     """Entity-level micro F1: an element counts when type, start and end all match."""
     hit = n_pred = n_gold = 0
     for row, row_offsets, (text, spans) in zip(_predict(model, features), offsets, data):
@@ -211,7 +268,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sim-epochs", type=int, default=6)
     parser.add_argument("--parse-epochs", type=int, default=4)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=1e-3, help="parse learning rate")
+    parser.add_argument("--sim-lr", type=float, default=5e-4, help="similarity learning rate (1e-3 stalls)")
+    parser.add_argument("--sim-batch", type=int, default=32)
+    parser.add_argument("--aux-weight", type=float, default=1.0)
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--heads", type=int, default=4)
@@ -220,6 +280,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)  # tiny weights late in training go subnormal, which is slow on CPUs
     torch.manual_seed(args.seed)
     heldout_seed = args.seed + 1_000_003  # a different stream than training's
     started = time.monotonic()
@@ -238,13 +299,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     t0 = time.monotonic()
     print(f"parse: {len(parse_train)} addresses, {args.parse_epochs} epochs")
-    _fit(parse, parse_train, args.parse_epochs, args.lr, args.batch, args.seed, print)
+    _fit(parse, lambda b: parse(**b).loss, parse_train, args.parse_epochs, args.lr, args.batch, args.seed, print)
     parse_seconds = time.monotonic() - t0
     f1 = parse_f1(parse, parse_test, parse_offsets, test_addr, tags)
     print(f"parse held-out entity F1 {f1:.4f} ({parse_seconds:.0f}s)")
 
-    train_pairs = synth.pair_dataset(args.pairs, args.seed)
-    test_pairs = synth.pair_dataset(args.heldout, heldout_seed)
+    train_pairs = synth.annotated_pair_dataset(args.pairs, args.seed)
+    test_pairs = synth.annotated_pair_dataset(args.heldout, heldout_seed)
     sim_train = similarity_features(tokenizer, train_pairs)
     sim_test = similarity_features(tokenizer, test_pairs)
     similarity = BertForSequenceClassification(
@@ -255,10 +316,14 @@ def main(argv: list[str] | None = None) -> None:
     similarity.bert.load_state_dict(parse.bert.state_dict(), strict=False)  # the pooler is new
     t0 = time.monotonic()
     print(f"similarity: {len(sim_train)} pairs, {args.sim_epochs} epochs")
-    _fit(similarity, sim_train, args.sim_epochs, args.lr, args.batch, args.seed, print)
+    aux_head = torch.nn.Linear(args.hidden, len(AUX_LABELS))  # training only; not saved
+    loss_of = _similarity_loss(similarity, aux_head, args.aux_weight)
+    trainee = torch.nn.ModuleList([similarity, aux_head])
+    _fit(trainee, loss_of, sim_train, args.sim_epochs, args.sim_lr, args.sim_batch, args.seed, print)
+    similarity.eval()
     sim_seconds = time.monotonic() - t0
-    accuracy = similarity_accuracy(similarity, sim_test)
-    print(f"similarity held-out accuracy {accuracy:.4f} ({sim_seconds:.0f}s)")
+    accuracy, confusion = similarity_accuracy(similarity, sim_test)
+    print(f"similarity held-out accuracy {accuracy:.4f} ({sim_seconds:.0f}s); confusion (rows true, cols predicted, {LABEL_NAMES}): {confusion}")
 
     out: Path = args.out
     for name, model in (("similarity", similarity), ("parse", parse)):
@@ -288,7 +353,7 @@ def main(argv: list[str] | None = None) -> None:
             "parse_seconds": round(parse_seconds),
             "seconds": round(time.monotonic() - started),
             "threads": args.threads,
-            "config": {k: getattr(args, k) for k in ("hidden", "layers", "heads", "intermediate", "batch", "lr")},
+            "config": {k: getattr(args, k) for k in ("hidden", "layers", "heads", "intermediate", "batch", "lr", "sim_batch", "sim_lr", "aux_weight")},
             "vocab": len(tokenizer),
         },
     }
