@@ -89,3 +89,36 @@ def test_clear_errors(tmp_path: Path, bundle: Path) -> None:
         weights.unlink()
     with pytest.raises(FileNotFoundError, match="no weight files"):
         load_model(LoadSpec(model=str(empty)), "hf")
+
+
+def test_encoder_gives_the_tensors_transformers_gives() -> None:
+    """The backend tokenizes through the Rust tokenizer directly (for speed); it must
+    agree with transformers' own call, truncation and padding included."""
+    import random
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from node.backends.transformers_backend import Encoder
+    from node.demo import DEMO_MODEL_DIR, synth
+
+    path = DEMO_MODEL_DIR / "similarity"
+    reference = AutoTokenizer.from_pretrained(path)
+    encode = Encoder(AutoTokenizer.from_pretrained(path), max_len=24)  # short: truncation happens
+    rng = random.Random(5)
+    pairs = [synth.make_pair(rng)[:2] for _ in range(40)] + [("5F", "B座 3-2-501")]
+    texts = [synth.make_address(rng)[0] for _ in range(40)] + ["No.12 x"]
+    for inputs, second in ((pairs, True), (texts, False)):
+        first_side = [p[0] for p in inputs] if second else inputs
+        expected = reference(
+            first_side, [p[1] for p in inputs] if second else None,
+            padding="longest", truncation="longest_first", max_length=24, return_tensors="pt",
+            return_offsets_mapping=True,
+        )
+        encodings, got = encode(inputs)
+        assert set(got) == {"input_ids", "token_type_ids", "attention_mask"}
+        for name, tensor in got.items():
+            assert torch.equal(tensor, expected[name]), name
+        for i, e in enumerate(encodings):
+            assert e.word_ids == expected.word_ids(i)[: len(e.ids)]
+            assert [tuple(o) for o in expected["offset_mapping"][i][: len(e.ids)].tolist()] == e.offsets

@@ -32,8 +32,9 @@ pair are always written on both sides, so every label can be read off the text.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Literal, Sequence, overload
+from typing import Literal, overload
 
 from node.demo.gazetteer import (
     COMMUNITY_STEMS,
@@ -52,10 +53,10 @@ __all__ = [
     "LABELS",
     "LITERALS",
     "TYPES",
-    "Place",
-    "Span",
     "AnnotatedPair",
     "Element",
+    "Place",
+    "Span",
     "address_dataset",
     "annotated_pair_dataset",
     "dataset",

@@ -22,9 +22,10 @@ import math
 import random
 import tempfile
 import time
-from datetime import datetime, timezone
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from transformers import (
@@ -266,7 +267,7 @@ def _size_mb(path: Path) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%MZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%MZ")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "model")
     parser.add_argument("--seed", type=int, default=1)
@@ -345,7 +346,7 @@ def main(argv: list[str] | None = None) -> None:
         "model_version": args.version,
         "base": "mgeo_demo_tiny",
         "finetune": "synth_v1",
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "demo": True,
         "description": "DEMO model: tiny BERT trained on synthetic addresses; not MGeo, not for production",
         "eval": {

@@ -9,7 +9,10 @@ Both nodes run in this one run, one after the other and then again (A B A B), ea
 driven by ``--clients`` concurrent clients from a separate load process over loopback;
 the script prints pairs/s both ways and their ratio. ``--model base`` builds a
 BERT-base-sized model with random weights (hidden 768, 12 layers, vocab 21128) in a
-temporary directory: what an MGeo-base node costs, for timing only.
+temporary directory: what an MGeo-base node costs, for timing only. ``--load-procs``
+spreads the clients over several processes (one Python client tops out before a GPU
+node does), ``--ceiling`` also times the model alone in full batches without HTTP, and
+``--node-arg=--cpu-threads=2`` passes a flag to both nodes.
 """
 
 from __future__ import annotations
@@ -151,7 +154,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--pairs", type=int, default=1, help="pairs per request")
     parser.add_argument("--max-batch-size", type=int, default=64)
+    parser.add_argument("--node-arg", action="append", default=[], help="extra node flag for both variants")
     parser.add_argument("--rounds", type=int, default=2, help="A/B rounds (alternated against drift)")
+    parser.add_argument("--only", choices=["batched", "unbatched"], help="run one variant (no ratio)")
     parser.add_argument("--load-procs", type=int, default=1, help="client processes the clients are spread over")
     parser.add_argument("--ceiling", action="store_true", help="also time the model alone, without HTTP")
     parser.add_argument("--load", help=argparse.SUPPRESS)
@@ -163,8 +168,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model = str(build_base_model(Path(tmp) / "base")) if args.model == "base" else args.model
         common = ["--model", model, "--device", args.device, "--dtype", args.dtype, "--max-wait-ms", "5",
-                  "--max-queue", "100000", "--log-level", "warning"]
+                  "--max-queue", "100000", "--log-level", "warning", *args.node_arg]
         variants = {"batched": ["--max-batch-size", str(args.max_batch_size)], "unbatched": ["--max-batch-size", "1"]}
+        if args.only:
+            variants = {args.only: variants[args.only]}
         totals: dict[str, list[float]] = {name: [] for name in variants}
         for rnd in range(args.rounds):
             for name, extra in variants.items():
@@ -178,13 +185,15 @@ def main() -> None:
                 print(f"round {rnd + 1} {name:9s}: {result['pairs_per_s']:9.1f} pairs/s  "
                       f"p99 {result['p99_ms']:7.1f} ms  ({int(result['requests'])} ok, {int(result['errors'])} errors)",
                       flush=True)
-        batched = sum(totals["batched"]) / len(totals["batched"])
-        unbatched = sum(totals["unbatched"]) / len(totals["unbatched"])
+        mean = {name: sum(v) / len(v) for name, v in totals.items()}
         print(f"\nmodel={args.model} device={args.device} dtype={args.dtype} clients={args.clients} "
               f"(in {args.load_procs} processes) pairs/request={args.pairs}")
-        print(f"batched (max_batch_size={args.max_batch_size}): {batched:.1f} pairs/s")
-        print(f"unbatched (max_batch_size=1):  {unbatched:.1f} pairs/s")
-        print(f"ratio: {batched / unbatched:.2f}x")
+        if "batched" in mean:
+            print(f"batched (max_batch_size={args.max_batch_size}): {mean['batched']:.1f} pairs/s")
+        if "unbatched" in mean:
+            print(f"unbatched (max_batch_size=1):  {mean['unbatched']:.1f} pairs/s")
+        if len(mean) == 2:
+            print(f"ratio: {mean['batched'] / mean['unbatched']:.2f}x")
         if args.ceiling:
             print(f"model alone, batches of {args.max_batch_size}, no HTTP: {model_ceiling(model, args):.1f} pairs/s")
 

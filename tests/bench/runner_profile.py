@@ -57,11 +57,11 @@ def main() -> None:
             t0 = time.perf_counter()
             enc = runner.prepare(pairs)
             t1 = time.perf_counter()
-            on_dev = enc.to(runner.device)
+            on_dev = {k: v.to(runner.device) for k, v in enc.items()}
             sync()
             t2 = time.perf_counter()
             with torch.inference_mode():
-                runner.model(**on_dev).logits
+                runner.model(**on_dev)
             sync()
             t3 = time.perf_counter()
             runner.run(enc)
