@@ -8,9 +8,11 @@
     │   └── InputTooLong            422 input_too_long      an address over max_chars
     ├── NotFound                    404 not_found
     ├── MethodNotAllowed            405 method_not_allowed
+    ├── Conflict                    409 conflict            a registry write lost its compare-and-set
     ├── PayloadTooLarge             413 payload_too_large   body over the size limit
     ├── Overloaded                  429 overloaded          queue full; carries Retry-After
     ├── Unavailable                 503 unavailable         not ready, draining, task not served
+    │   └── StoreUnavailable        503 store_unavailable   Redis (registry or cache) unreachable
     ├── DeadlineExceeded            504 deadline_exceeded   the caller's deadline passed
     └── ModelError                  500 model_error         the model itself failed (never input)
 
@@ -24,6 +26,7 @@ import msgspec
 
 __all__ = [
     "BatchTooLarge",
+    "Conflict",
     "DeadlineExceeded",
     "ErrorBody",
     "ErrorDetail",
@@ -37,6 +40,7 @@ __all__ = [
     "NotFound",
     "Overloaded",
     "PayloadTooLarge",
+    "StoreUnavailable",
     "Unavailable",
     "error_body",
 ]
@@ -99,6 +103,15 @@ class MethodNotAllowed(GeogateError):
     code = "method_not_allowed"
 
 
+class Conflict(GeogateError):
+    status = 409
+    code = "conflict"
+
+    def __init__(self, message: str, current: int | None = None) -> None:
+        super().__init__(message)
+        self.current = current  # the epoch the store holds now, when known
+
+
 class PayloadTooLarge(GeogateError):
     status = 413
     code = "payload_too_large"
@@ -126,6 +139,13 @@ class Unavailable(GeogateError):
 
     def headers(self) -> dict[str, str]:
         return {} if self.retry_after_s is None else {"Retry-After": str(self.retry_after_s)}
+
+
+class StoreUnavailable(Unavailable):
+    code = "store_unavailable"
+
+    def __init__(self, message: str, retry_after_s: int | None = 1) -> None:
+        super().__init__(message, retry_after_s)
 
 
 class DeadlineExceeded(GeogateError):

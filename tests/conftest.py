@@ -8,7 +8,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from helpers import NodeProcess
+from helpers import NodeProcess, RedisServer
 
 
 @pytest.fixture
@@ -43,3 +43,11 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A private redis-server for one test (it may kill and restart it)."""
+    server = RedisServer(tmp_path)
+    yield server
+    server.stop()

@@ -95,6 +95,61 @@ class NodeProcess:
                 self.proc.wait(10)
 
 
+class RedisServer:
+    """A private ``redis-server`` on a free loopback port, nothing persisted; a test can
+    kill it (SIGKILL, like a crash) and restart it on the same port, empty."""
+
+    def __init__(self, tmp: Path, *, replica_of: RedisServer | None = None) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.dir = tmp / f"redis-{self.port}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.replica_of = replica_of
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        cmd = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+               "--dir", str(self.dir), "--logfile", str(self.dir / "redis.log")]
+        if self.replica_of is not None:
+            cmd += ["--replicaof", "127.0.0.1", str(self.replica_of.port)]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while not self.answers():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server on {self.port} did not start:\n{self.log()[-2000:]}")
+            time.sleep(0.01)
+
+    def answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as conn:
+                conn.sendall(b"PING\r\n")
+                return conn.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def log(self) -> str:
+        path = self.dir / "redis.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
 async def scrape(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
     """``/metrics`` as {'name{label="v",...}': value} for samples, for easy assertions."""
     async with session.get(url + "/metrics") as resp:

@@ -1,0 +1,414 @@
+"""The storage interface geogate's shared state lives on, and its two implementations.
+
+``RedisStore`` (``redis.asyncio`` with hiredis) is what a deployment uses: the registry on
+the global primary, result caches near each region. ``MemoryStore`` is the embedded
+default for a single process with no Redis. One contract suite
+(``tests/test_store_contract.py``) runs against both, so they cannot drift.
+
+The interface is small and primitive: bytes values with optional TTLs, prefix scans,
+pub/sub, capped streams, and one compound write, ``compare_and_set``, that sets a record
+only if its counter still has the expected value and, in the same atomic step, publishes
+a message and appends an audit entry. The registry builds on it; the store knows nothing
+of colors or versions.
+
+Losing the connection is an expected state: every operation then raises
+``StoreUnavailable`` (a 503), and callers decide what it means (the cache: a miss; the
+registry watcher: keep the last snapshot; an admin write: 503). ``RedisStore`` stops
+hammering a dead server: after a failure it fails fast for a backoff that doubles up to
+``max_backoff_s``, then tries again; the first success resets it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from shared.errors import Conflict, StoreUnavailable
+
+__all__ = [
+    "MemoryStore",
+    "RedisStore",
+    "Store",
+    "StreamEntry",
+    "open_store",
+]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEntry:
+    id: str
+    fields: dict[str, bytes]
+
+
+class Store(Protocol):
+    """What geogate needs from a store. Every method may raise ``StoreUnavailable``."""
+
+    name: str  # for logs and /info: "redis://host:port/0" without a password, or "embedded"
+
+    async def get(self, key: str) -> bytes | None: ...
+    async def mget(self, keys: Sequence[str]) -> list[bytes | None]: ...
+    async def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None: ...
+    async def set_many(self, items: Sequence[tuple[str, bytes]], ttl_s: float | None = None) -> None: ...
+    async def delete(self, key: str) -> None: ...
+    async def scan(self, prefix: str) -> dict[str, bytes]:
+        """Every live key that starts with ``prefix``, with its value."""
+    async def counter(self, key: str) -> int:
+        """The counter ``compare_and_set`` keeps for ``key`` (0 before the first write)."""
+    async def compare_and_set(
+        self,
+        key: str,
+        expected: int,
+        value: bytes,
+        *,
+        channel: str | None = None,
+        audit_stream: str | None = None,
+        audit: Mapping[str, bytes] | None = None,
+        audit_maxlen: int = 10_000,
+    ) -> int:
+        """Atomically: if ``counter(key) == expected``, set ``key`` to ``value``, bump the
+        counter, publish ``value`` on ``channel`` and append ``audit`` to
+        ``audit_stream`` (capped near ``audit_maxlen``); return the new counter.
+        Otherwise raise ``Conflict`` and change nothing."""
+    async def publish(self, channel: str, message: bytes) -> None: ...
+    def subscribe(self, channel: str) -> contextlib.AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        """Messages published on ``channel`` after the subscription started. The iterator
+        raises ``StoreUnavailable`` when the connection drops; subscribe again."""
+    async def xadd(self, stream: str, fields: Mapping[str, bytes], maxlen: int = 10_000) -> str: ...
+    async def xrevrange(self, stream: str, count: int) -> list[StreamEntry]:
+        """The newest ``count`` entries, newest first."""
+    async def ping(self) -> None: ...
+    async def close(self) -> None: ...
+
+
+def open_store(url: str | None, *, read_url: str | None = None, **options: Any) -> Store:
+    """``None`` or ``""`` or ``embedded``: a ``MemoryStore``; ``redis://``, ``rediss://``,
+    ``unix://`` or ``redis+sentinel://h1:26379,h2:26379/service``: a ``RedisStore``
+    (with ``read_url``, reads go to that replica)."""
+    if not url or url == "embedded":
+        return MemoryStore()
+    return RedisStore(url, read_url=read_url, **options)
+
+
+# ---------------------------------------------------------------------------- embedded
+
+
+class MemoryStore:
+    """In-process store: one process, nothing persisted. Same semantics as Redis, down
+    to TTLs and capped streams, so that code tested against one works on the other."""
+
+    name = "embedded"
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._data: dict[str, tuple[bytes, float]] = {}  # key -> (value, expires at or inf)
+        self._counters: dict[str, int] = {}
+        self._subscribers: dict[str, set[asyncio.Queue[bytes]]] = {}
+        self._streams: dict[str, deque[StreamEntry]] = {}
+        self._last_id = (0, 0)
+        self._lock = asyncio.Lock()
+
+    def _live(self, key: str) -> bytes | None:
+        item = self._data.get(key)
+        if item is None:
+            return None
+        if item[1] <= self._clock():
+            del self._data[key]
+            return None
+        return item[0]
+
+    async def get(self, key: str) -> bytes | None:
+        return self._live(key)
+
+    async def mget(self, keys: Sequence[str]) -> list[bytes | None]:
+        return [self._live(k) for k in keys]
+
+    async def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
+        self._data[key] = (bytes(value), self._clock() + ttl_s if ttl_s else math.inf)
+
+    async def set_many(self, items: Sequence[tuple[str, bytes]], ttl_s: float | None = None) -> None:
+        for key, value in items:
+            await self.set(key, value, ttl_s)
+
+    async def delete(self, key: str) -> None:
+        self._data.pop(key, None)
+
+    async def scan(self, prefix: str) -> dict[str, bytes]:
+        out = {}
+        for key in [k for k in self._data if k.startswith(prefix)]:
+            value = self._live(key)
+            if value is not None:
+                out[key] = value
+        return out
+
+    async def counter(self, key: str) -> int:
+        return self._counters.get(key, 0)
+
+    async def compare_and_set(
+        self,
+        key: str,
+        expected: int,
+        value: bytes,
+        *,
+        channel: str | None = None,
+        audit_stream: str | None = None,
+        audit: Mapping[str, bytes] | None = None,
+        audit_maxlen: int = 10_000,
+    ) -> int:
+        async with self._lock:
+            current = self._counters.get(key, 0)
+            if current != expected:
+                raise Conflict(f"{key} changed: expected epoch {expected}, found {current}", current=current)
+            self._data[key] = (bytes(value), math.inf)
+            self._counters[key] = current + 1
+            if channel is not None:
+                await self.publish(channel, value)
+            if audit_stream is not None and audit is not None:
+                await self.xadd(audit_stream, audit, audit_maxlen)
+            return current + 1
+
+    async def publish(self, channel: str, message: bytes) -> None:
+        for queue in self._subscribers.get(channel, ()):
+            queue.put_nowait(bytes(message))
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, channel: str) -> AsyncIterator[AsyncIterator[bytes]]:
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self._subscribers.setdefault(channel, set()).add(queue)
+
+        async def messages() -> AsyncIterator[bytes]:
+            while True:
+                yield await queue.get()
+
+        try:
+            yield messages()
+        finally:
+            self._subscribers[channel].discard(queue)
+
+    async def xadd(self, stream: str, fields: Mapping[str, bytes], maxlen: int = 10_000) -> str:
+        millis = int(time.time() * 1000)
+        seq = self._last_id[1] + 1 if millis <= self._last_id[0] else 0
+        self._last_id = (max(millis, self._last_id[0]), seq)
+        entry = StreamEntry(f"{self._last_id[0]}-{seq}", {k: bytes(v) for k, v in fields.items()})
+        entries = self._streams.setdefault(stream, deque())
+        entries.append(entry)
+        while len(entries) > maxlen:
+            entries.popleft()
+        return entry.id
+
+    async def xrevrange(self, stream: str, count: int) -> list[StreamEntry]:
+        entries = self._streams.get(stream, deque())
+        return list(reversed(entries))[:count]
+
+    async def ping(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+# ---------------------------------------------------------------------------- Redis
+
+# KEYS: record, counter, audit stream (optional). ARGV: expected, value, channel ('' for
+# none), maxlen, then audit field/value pairs. One script, so the check, the write, the
+# publish and the audit entry happen as one step: no writer can slip in between.
+_CAS_SCRIPT = """
+local current = tonumber(redis.call('GET', KEYS[2]) or '0')
+if current ~= tonumber(ARGV[1]) then return {0, current} end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('SET', KEYS[2], current + 1)
+if ARGV[3] ~= '' then redis.call('PUBLISH', ARGV[3], ARGV[2]) end
+if KEYS[3] then
+  local fields = {}
+  for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', unpack(fields))
+end
+return {1, current + 1}
+"""
+
+
+def _counter_key(key: str) -> str:
+    return key + ":epoch"
+
+
+def _redact(url: str) -> str:
+    """The URL without its password (and user), for logs and /info."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+
+
+class RedisStore:
+    """A Redis (or Sentinel-managed Redis) behind the ``Store`` interface."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        read_url: str | None = None,
+        timeout_s: float = 0.5,
+        max_backoff_s: float = 5.0,
+    ) -> None:
+        self.name = _redact(url) + (f" (reads: {_redact(read_url)})" if read_url else "")
+        self._timeout = timeout_s
+        self._client = self._connect(url)
+        self._reader = self._connect(read_url) if read_url else self._client
+        self._max_backoff = max_backoff_s
+        self._backoff = 0.0
+        self._down_until = 0.0
+        self._script = self._client.register_script(_CAS_SCRIPT)
+
+    def _connect(self, url: str) -> Any:
+        import redis.asyncio as redis
+
+        options = {"socket_timeout": self._timeout, "socket_connect_timeout": self._timeout}
+        parts = urlsplit(url)
+        if parts.scheme == "redis+sentinel":
+            from redis.asyncio.sentinel import Sentinel
+
+            userinfo, _, hostlist = parts.netloc.rpartition("@")
+            hosts = [(h.rsplit(":", 1)[0], int(h.rsplit(":", 1)[1])) for h in hostlist.split(",")]
+            service = parts.path.strip("/") or "mymaster"
+            query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+            sentinel = Sentinel(hosts, sentinel_kwargs=options, **options)
+            node = {"db": int(query.get("db", 0)), "password": unquote(userinfo.partition(":")[2]) or None}
+            if query.get("role") == "replica":
+                return sentinel.slave_for(service, **node)
+            return sentinel.master_for(service, **node)
+        return redis.Redis.from_url(url, **options)
+
+    async def _call(self, op: Callable[[], Awaitable[T]]) -> T:
+        import redis.exceptions
+
+        now = time.monotonic()
+        if now < self._down_until:
+            raise StoreUnavailable(f"store {self.name} is unreachable (retrying in {self._down_until - now:.1f}s)")
+        try:
+            result = await op()
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+            self._backoff = min(self._max_backoff, max(0.05, self._backoff * 2))
+            self._down_until = time.monotonic() + self._backoff
+            raise StoreUnavailable(f"store {self.name} is unreachable: {exc}") from exc
+        except redis.exceptions.ResponseError as exc:
+            if "LOADING" in str(exc) or "MASTERDOWN" in str(exc) or "READONLY" in str(exc):
+                raise StoreUnavailable(f"store {self.name} is not ready: {exc}") from exc
+            raise
+        self._backoff = 0.0
+        return result
+
+    async def get(self, key: str) -> bytes | None:
+        value: bytes | None = await self._call(lambda: self._reader.get(key))
+        return value
+
+    async def mget(self, keys: Sequence[str]) -> list[bytes | None]:
+        if not keys:
+            return []
+        values: list[bytes | None] = await self._call(lambda: self._reader.mget(list(keys)))
+        return values
+
+    async def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
+        await self._call(lambda: self._client.set(key, value, px=_millis(ttl_s)))
+
+    async def set_many(self, items: Sequence[tuple[str, bytes]], ttl_s: float | None = None) -> None:
+        if not items:
+            return
+
+        async def run() -> None:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key, value in items:
+                    pipe.set(key, value, px=_millis(ttl_s))
+                await pipe.execute()
+
+        await self._call(run)
+
+    async def delete(self, key: str) -> None:
+        await self._call(lambda: self._client.delete(key))
+
+    async def scan(self, prefix: str) -> dict[str, bytes]:
+        async def run() -> dict[str, bytes]:
+            keys = [k async for k in self._client.scan_iter(match=_glob_escape(prefix) + "*", count=500)]
+            values = await self._client.mget(keys) if keys else []
+            return {k.decode(): v for k, v in zip(keys, values) if v is not None}
+
+        return await self._call(run)
+
+    async def counter(self, key: str) -> int:
+        value = await self._call(lambda: self._client.get(_counter_key(key)))
+        return int(value or 0)
+
+    async def compare_and_set(
+        self,
+        key: str,
+        expected: int,
+        value: bytes,
+        *,
+        channel: str | None = None,
+        audit_stream: str | None = None,
+        audit: Mapping[str, bytes] | None = None,
+        audit_maxlen: int = 10_000,
+    ) -> int:
+        keys = [key, _counter_key(key)] + ([audit_stream] if audit_stream and audit else [])
+        args: list[Any] = [expected, value, channel or "", audit_maxlen]
+        if audit_stream and audit:
+            for field_name, field_value in audit.items():
+                args += [field_name, field_value]
+        ok, current = await self._call(lambda: self._script(keys=keys, args=args))
+        if not ok:
+            raise Conflict(f"{key} changed: expected epoch {expected}, found {current}", current=int(current))
+        return int(current)
+
+    async def publish(self, channel: str, message: bytes) -> None:
+        await self._call(lambda: self._client.publish(channel, message))
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, channel: str) -> AsyncIterator[AsyncIterator[bytes]]:
+        import redis.exceptions
+
+        pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        try:
+            await self._call(lambda: pubsub.subscribe(channel))
+
+            async def messages() -> AsyncIterator[bytes]:
+                while True:
+                    try:
+                        message = await pubsub.get_message(timeout=1.0)
+                    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+                        raise StoreUnavailable(f"subscription to {channel} on {self.name} lost: {exc}") from exc
+                    if message is not None and message["type"] == "message":
+                        yield message["data"]
+
+            yield messages()
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+
+    async def xadd(self, stream: str, fields: Mapping[str, bytes], maxlen: int = 10_000) -> str:
+        entry_id = await self._call(lambda: self._client.xadd(stream, dict(fields), maxlen=maxlen, approximate=True))
+        return str(entry_id.decode())
+
+    async def xrevrange(self, stream: str, count: int) -> list[StreamEntry]:
+        rows = await self._call(lambda: self._client.xrevrange(stream, count=count))
+        return [StreamEntry(i.decode(), {k.decode(): v for k, v in f.items()}) for i, f in rows]
+
+    async def ping(self) -> None:
+        await self._call(lambda: self._client.ping())
+
+    async def close(self) -> None:
+        await self._client.aclose()
+        if self._reader is not self._client:
+            await self._reader.aclose()
+
+
+def _millis(ttl_s: float | None) -> int | None:
+    return max(1, int(ttl_s * 1000)) if ttl_s else None
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
