@@ -73,9 +73,10 @@ class Store(Protocol):
         audit_stream: str | None = None,
         audit: Mapping[str, bytes] | None = None,
         audit_maxlen: int = 10_000,
+        new_counter: int | None = None,
     ) -> int:
-        """Atomically: if ``counter(key) == expected``, set ``key`` to ``value``, bump the
-        counter, publish ``value`` on ``channel`` and append ``audit`` to
+        """Atomically: if ``counter(key) == expected``, set ``key`` to ``value``, set the
+        counter to ``new_counter`` (default ``expected + 1``; never lower), publish ``value`` on ``channel`` and append ``audit`` to
         ``audit_stream`` (capped near ``audit_maxlen``); return the new counter.
         Otherwise raise ``Conflict`` and change nothing."""
     async def publish(self, channel: str, message: bytes) -> None: ...
@@ -162,18 +163,20 @@ class MemoryStore:
         audit_stream: str | None = None,
         audit: Mapping[str, bytes] | None = None,
         audit_maxlen: int = 10_000,
+        new_counter: int | None = None,
     ) -> int:
+        new = _new_counter(expected, new_counter)
         async with self._lock:
             current = self._counters.get(key, 0)
             if current != expected:
                 raise Conflict(f"{key} changed: expected epoch {expected}, found {current}", current=current)
             self._data[key] = (bytes(value), math.inf)
-            self._counters[key] = current + 1
+            self._counters[key] = new
             if channel is not None:
                 await self.publish(channel, value)
             if audit_stream is not None and audit is not None:
                 await self.xadd(audit_stream, audit, audit_maxlen)
-            return current + 1
+            return new
 
     async def publish(self, channel: str, message: bytes) -> None:
         for queue in self._subscribers.get(channel, ()):
@@ -218,20 +221,20 @@ class MemoryStore:
 # ---------------------------------------------------------------------------- Redis
 
 # KEYS: record, counter, audit stream (optional). ARGV: expected, value, channel ('' for
-# none), maxlen, then audit field/value pairs. One script, so the check, the write, the
+# none), maxlen, new counter, then audit field/value pairs. One script, so the check, the write, the
 # publish and the audit entry happen as one step: no writer can slip in between.
 _CAS_SCRIPT = """
 local current = tonumber(redis.call('GET', KEYS[2]) or '0')
 if current ~= tonumber(ARGV[1]) then return {0, current} end
 redis.call('SET', KEYS[1], ARGV[2])
-redis.call('SET', KEYS[2], current + 1)
+redis.call('SET', KEYS[2], ARGV[5])
 if ARGV[3] ~= '' then redis.call('PUBLISH', ARGV[3], ARGV[2]) end
 if KEYS[3] then
   local fields = {}
-  for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
+  for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', unpack(fields))
 end
-return {1, current + 1}
+return {1, tonumber(ARGV[5])}
 """
 
 
@@ -268,7 +271,7 @@ class RedisStore:
     def _connect(self, url: str) -> Any:
         import redis.asyncio as redis
 
-        options = {"socket_timeout": self._timeout, "socket_connect_timeout": self._timeout}
+        options: dict[str, Any] = {"socket_timeout": self._timeout, "socket_connect_timeout": self._timeout}
         parts = urlsplit(url)
         if parts.scheme == "redis+sentinel":
             from redis.asyncio.sentinel import Sentinel
@@ -278,7 +281,7 @@ class RedisStore:
             service = parts.path.strip("/") or "mymaster"
             query = {k: v[0] for k, v in parse_qs(parts.query).items()}
             sentinel = Sentinel(hosts, sentinel_kwargs=options, **options)
-            node = {"db": int(query.get("db", 0)), "password": unquote(userinfo.partition(":")[2]) or None}
+            node: dict[str, Any] = {"db": int(query.get("db", 0)), "password": unquote(userinfo.partition(":")[2]) or None}
             if query.get("role") == "replica":
                 return sentinel.slave_for(service, **node)
             return sentinel.master_for(service, **node)
@@ -353,9 +356,10 @@ class RedisStore:
         audit_stream: str | None = None,
         audit: Mapping[str, bytes] | None = None,
         audit_maxlen: int = 10_000,
+        new_counter: int | None = None,
     ) -> int:
         keys = [key, _counter_key(key)] + ([audit_stream] if audit_stream and audit else [])
-        args: list[Any] = [expected, value, channel or "", audit_maxlen]
+        args: list[Any] = [expected, value, channel or "", audit_maxlen, _new_counter(expected, new_counter)]
         if audit_stream and audit:
             for field_name, field_value in audit.items():
                 args += [field_name, field_value]
@@ -404,6 +408,13 @@ class RedisStore:
         await self._client.aclose()
         if self._reader is not self._client:
             await self._reader.aclose()
+
+
+def _new_counter(expected: int, new_counter: int | None) -> int:
+    new = expected + 1 if new_counter is None else new_counter
+    if new <= expected:
+        raise ValueError(f"a compare-and-set must move the counter forward ({expected} -> {new})")
+    return new
 
 
 def _millis(ttl_s: float | None) -> int | None:

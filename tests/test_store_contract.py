@@ -177,3 +177,13 @@ async def test_reconnects_after_a_restart(tmp_path: Path) -> None:
     finally:
         await store.close()
         server.stop()
+
+
+async def test_compare_and_set_may_jump_the_counter_forward_never_back(store: Store) -> None:
+    # The registry re-seeds an emptied store (a Redis restart without persistence) with
+    # the newest snapshot a reader holds, keeping its epoch.
+    assert await store.compare_and_set("reg", 0, b"restored", new_counter=7) == 7
+    assert await store.counter("reg") == 7
+    with pytest.raises(ValueError):
+        await store.compare_and_set("reg", 7, b"backwards", new_counter=3)
+    assert await store.compare_and_set("reg", 7, b"next") == 8
