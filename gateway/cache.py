@@ -1,0 +1,187 @@
+"""The versioned result cache: per item, one MGET per batch, coalesced in-flight misses.
+
+A key is namespace + task + model version + a hash of the input, so a result of one
+version is never served for another (a switch needs no flush). Similarity inputs are
+normalized first (NFKC, whitespace folded): ``浙江省 杭州市`` and ``浙江省　杭州市`` share a
+result. Parse inputs are hashed as given, because the elements' offsets point into the
+caller's own text.
+
+Values are msgpack (compact, fast); values over ``max_value_bytes`` are not cached. The
+cache never fails a request: a store that is down makes every lookup a miss and every
+write a no-op (counted in ``stats``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+import unicodedata
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+import msgspec
+
+from shared.errors import StoreUnavailable, Unavailable
+from shared.schemas import ParseResult, SimilarityResult
+from shared.store import Store
+
+__all__ = ["CacheStats", "Lookup", "ResultCache", "normalize"]
+
+log = logging.getLogger("geogate.gateway.cache")
+
+I = TypeVar("I", bound=Hashable)
+R = TypeVar("R")
+
+_SPACES = re.compile(r"\s+")
+
+
+def normalize(text: str) -> str:
+    """NFKC (full-width digits and letters become ASCII), whitespace runs folded to one space."""
+    return _SPACES.sub(" ", unicodedata.normalize("NFKC", text)).strip()
+
+
+@dataclass
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+    coalesced: int = 0  # misses that waited for an identical miss already on its way
+    store_errors: int = 0
+    too_large: int = 0
+
+
+@dataclass(frozen=True)
+class Lookup(Generic[R]):
+    results: list[R]
+    hits: int
+
+    @property
+    def status(self) -> str:
+        """For the ``X-Cache`` header: hit, miss or partial."""
+        if self.hits == len(self.results):
+            return "hit"
+        return "miss" if self.hits == 0 else "partial"
+
+
+@dataclass
+class ResultCache(Generic[I, R]):
+    """The cache of one task's results; ``for_similarity`` and ``for_parse`` build them."""
+
+    store: Store
+    task: str
+    result_type: type[R]
+    key_text: Callable[[I], str]
+    namespace: str = "geogate"
+    ttl_s: float = 24 * 3600.0
+    max_value_bytes: int = 16_384
+    stats: CacheStats = field(default_factory=CacheStats)
+    _inflight: dict[str, asyncio.Future[R]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._encode = msgspec.msgpack.Encoder().encode
+        self._decode = msgspec.msgpack.Decoder(self.result_type).decode
+
+    @classmethod
+    def for_similarity(cls, store: Store, **options: object) -> ResultCache[tuple[str, str], SimilarityResult]:
+        # \x1f (unit separator) cannot be confused with text; the order of the pair counts.
+        return ResultCache(store, "similarity", SimilarityResult, lambda p: normalize(p[0]) + "\x1f" + normalize(p[1]),
+                           **options)  # type: ignore[arg-type]
+
+    @classmethod
+    def for_parse(cls, store: Store, **options: object) -> ResultCache[str, ParseResult]:
+        return ResultCache(store, "parse", ParseResult, lambda text: text, **options)  # type: ignore[arg-type]
+
+    def key(self, model_version: str, item: I) -> str:
+        digest = hashlib.blake2b(self.key_text(item).encode(), digest_size=16).hexdigest()
+        return f"{self.namespace}:cache:{self.task}:{model_version}:{digest}"
+
+    async def get_many(self, model_version: str, items: Sequence[I]) -> list[R | None]:
+        """Cached results in order (None for a miss); one MGET for the whole batch."""
+        try:
+            raw = await self.store.mget([self.key(model_version, item) for item in items])
+        except StoreUnavailable as exc:
+            self.stats.store_errors += 1
+            log.debug("cache lookup skipped: %s", exc)
+            return [None] * len(items)
+        out: list[R | None] = []
+        for value in raw:
+            try:
+                out.append(None if value is None else self._decode(value))
+            except msgspec.DecodeError:  # written by another version of this code: a miss
+                out.append(None)
+        return out
+
+    async def put_many(self, model_version: str, items: Sequence[I], results: Sequence[R]) -> None:
+        """Store results (pipelined SETs with the TTL); oversized values are skipped."""
+        entries = []
+        for item, result in zip(items, results):
+            value = self._encode(result)
+            if len(value) > self.max_value_bytes:
+                self.stats.too_large += 1
+                continue
+            entries.append((self.key(model_version, item), value))
+        try:
+            await self.store.set_many(entries, ttl_s=self.ttl_s)
+        except StoreUnavailable as exc:
+            self.stats.store_errors += 1
+            log.debug("cache write skipped: %s", exc)
+
+    async def lookup(
+        self, model_version: str, items: Sequence[I], compute: Callable[[list[I]], Awaitable[Sequence[R]]]
+    ) -> Lookup[R]:
+        """Results for ``items``: hits from the store; misses computed once by ``compute``
+        (which gets only the misses, each distinct input once), then cached. A miss that
+        another call is already computing waits for that call instead."""
+        cached = await self.get_many(model_version, items)
+        results: list[R | None] = list(cached)
+        hits = sum(r is not None for r in cached)
+        self.stats.hits += hits
+        self.stats.misses += len(items) - hits
+
+        mine: dict[str, I] = {}  # keys this call computes, first item of each
+        waiting: dict[int, asyncio.Future[R]] = {}
+        loop = asyncio.get_running_loop()
+        for index, (item, result) in enumerate(zip(items, cached)):
+            if result is not None:
+                continue
+            key = self.key(model_version, item)
+            if key in mine:
+                waiting[index] = self._inflight[key]
+            elif key in self._inflight:
+                self.stats.coalesced += 1
+                waiting[index] = self._inflight[key]
+            else:
+                mine[key] = item
+                self._inflight[key] = waiting[index] = loop.create_future()
+
+        if mine:
+            await self._compute(model_version, mine, compute)
+        for index, future in waiting.items():
+            results[index] = await asyncio.shield(future)
+        return Lookup([r for r in results if r is not None], hits)
+
+    async def _compute(
+        self, model_version: str, mine: dict[str, I], compute: Callable[[list[I]], Awaitable[Sequence[R]]]
+    ) -> None:
+        keys, inputs = list(mine), list(mine.values())
+        try:
+            computed = await compute(inputs)
+            if len(computed) != len(inputs):
+                raise RuntimeError(f"compute returned {len(computed)} results for {len(inputs)} inputs")
+        except BaseException as exc:
+            # Waiters from other calls get the error too; a cancellation of this call is
+            # not theirs, so they get a retryable 503 instead.
+            error = exc if isinstance(exc, Exception) else Unavailable("the identical call this waited for was cancelled")
+            for key in keys:
+                future = self._inflight.pop(key)
+                if not future.done():
+                    future.set_exception(error)
+                    future.exception()  # marks it retrieved: there may be no waiter
+            raise
+        for key, result in zip(keys, computed):
+            future = self._inflight.pop(key)
+            if not future.done():
+                future.set_result(result)
+        await self.put_many(model_version, inputs, computed)
