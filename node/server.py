@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from datetime import UTC, datetime
 
 from aiohttp import web
 
@@ -17,6 +18,8 @@ from node.identity import ChecksumMismatch
 from node.metrics import NodeMetrics
 from node.service import NodeService
 from shared.config import NodeConfig
+from shared.heartbeats import HeartbeatPublisher, Heartbeats, NodeHeartbeat
+from shared.store import open_store
 
 __all__ = ["EXIT_BAD_MODEL", "EXIT_LOAD_FAILED", "serve"]
 
@@ -27,6 +30,7 @@ EXIT_BAD_MODEL = 3  # the weights are not the ones --expect-sha256 names: do not
 
 
 async def serve(config: NodeConfig) -> int:
+    started_at = datetime.now(UTC).isoformat(timespec="seconds")
     service = NodeService(config, NodeMetrics())
     runner = web.AppRunner(create_app(service), access_log=None, handle_signals=False, shutdown_timeout=5)
     await runner.setup()
@@ -48,8 +52,12 @@ async def serve(config: NodeConfig) -> int:
         log.error("model failed to load: %s", exc, exc_info=exc)
         exit_code = EXIT_BAD_MODEL if isinstance(exc, ChecksumMismatch) else EXIT_LOAD_FAILED
     else:
+        heartbeat = _start_heartbeat(config, service, started_at)
         await stopper
         log.info("signal received: draining (up to %.0f s)", config.drain_timeout_s)
+        if heartbeat is not None:  # gateways stop sending new work before the drain
+            await heartbeat.stop(deregister=True)
+            await heartbeat.heartbeats.store.close()
 
     stopper.cancel()
     drained = await service.drain(config.drain_timeout_s)
@@ -60,3 +68,20 @@ async def serve(config: NodeConfig) -> int:
     starter.cancel()
     log.info("stopped")
     return exit_code
+
+
+def _start_heartbeat(config: NodeConfig, service: NodeService, started_at: str) -> HeartbeatPublisher | None:
+    if not config.registry_url or service.model is None:
+        return None
+    beat = NodeHeartbeat(
+        region=config.region,
+        color=config.color,
+        url=config.advertise_url or f"http://{config.host}:{config.port}",
+        model_version=service.model.model_version,
+        sha256=service.model.checksum,
+        started_at=started_at,
+    )
+    publisher = HeartbeatPublisher(Heartbeats(open_store(config.registry_url), ttl_s=config.heartbeat_ttl_s), beat)
+    publisher.start()
+    log.info("publishing heartbeats to %s every %.1f s", publisher.heartbeats.store.name, config.heartbeat_ttl_s / 3)
+    return publisher
