@@ -36,8 +36,10 @@ __all__ = [
     "MemoryStore",
     "RedisStore",
     "Store",
+    "Stores",
     "StreamEntry",
     "open_store",
+    "open_stores",
 ]
 
 T = TypeVar("T")
@@ -88,6 +90,29 @@ class Store(Protocol):
         """The newest ``count`` entries, newest first."""
     async def ping(self) -> None: ...
     async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Stores:
+    """The registry's store (the global primary) and the cache's (near the region)."""
+
+    registry: Store
+    cache: Store
+
+    async def close(self) -> None:
+        await self.registry.close()
+        if self.cache is not self.registry:
+            await self.cache.close()
+
+
+def open_stores(registry_url: str | None, cache_url: str | None = None, cache_read_url: str | None = None,
+                **options: Any) -> Stores:
+    """Separate stores for the registry and the cache; the cache defaults to the
+    registry's (one connection pool then), and may read from a replica."""
+    registry = open_store(registry_url, **options)
+    if (cache_url is None or cache_url == registry_url) and cache_read_url is None:
+        return Stores(registry, registry)
+    return Stores(registry, open_store(cache_url or registry_url, read_url=cache_read_url, **options))
 
 
 def open_store(url: str | None, *, read_url: str | None = None, **options: Any) -> Store:

@@ -11,7 +11,7 @@ import pytest
 from helpers import RedisServer, wait_until
 
 from shared.errors import Conflict, StoreUnavailable
-from shared.store import MemoryStore, RedisStore, Store, open_store
+from shared.store import MemoryStore, RedisStore, Store, open_store, open_stores
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -187,3 +187,22 @@ async def test_compare_and_set_may_jump_the_counter_forward_never_back(store: St
     with pytest.raises(ValueError):
         await store.compare_and_set("reg", 7, b"backwards", new_counter=3)
     assert await store.compare_and_set("reg", 7, b"next") == 8
+
+
+async def test_registry_and_cache_stores_are_separate_when_configured_so(tmp_path: Path) -> None:
+    same = open_stores(None)
+    assert isinstance(same.registry, MemoryStore) and same.cache is same.registry
+    global_primary, regional = RedisServer(tmp_path), RedisServer(tmp_path)
+    stores = open_stores(global_primary.url, regional.url)
+    try:
+        assert stores.cache is not stores.registry
+        await stores.registry.set("r", b"registry")
+        await stores.cache.set("c", b"cache")
+        assert await stores.cache.get("r") is None and await stores.registry.get("c") is None
+        shared_url = open_stores(global_primary.url)
+        assert shared_url.cache is shared_url.registry
+        await shared_url.close()
+    finally:
+        await stores.close()
+        global_primary.stop()
+        regional.stop()
