@@ -121,12 +121,7 @@ class RedisServer:
             time.sleep(0.01)
 
     def answers(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as conn:
-                conn.sendall(b"PING\r\n")
-                return conn.recv(64).startswith(b"+PONG")
-        except OSError:
-            return False
+        return _answers_ping(self.port)
 
     def log(self) -> str:
         path = self.dir / "redis.log"
@@ -148,6 +143,43 @@ class RedisServer:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+class RedisSentinel:
+    """A private Redis Sentinel (``redis-server --sentinel``) watching ``primary`` as
+    service ``name``."""
+
+    def __init__(self, tmp: Path, primary: RedisServer, name: str = "geogate") -> None:
+        self.port = free_port()
+        self.name = name
+        conf = tmp / f"sentinel-{self.port}.conf"  # Sentinel rewrites its config: a file of its own
+        conf.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {tmp}\nlogfile {tmp / f'sentinel-{self.port}.log'}\n"
+            f"sentinel monitor {name} 127.0.0.1 {primary.port} 1\n"
+            f"sentinel down-after-milliseconds {name} 1000\nsentinel failover-timeout {name} 5000\n"
+        )
+        self.proc = subprocess.Popen(["redis-server", str(conf), "--sentinel"], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while not _answers_ping(self.port):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis sentinel on {self.port} did not start")
+            time.sleep(0.01)
+        self.url = f"redis+sentinel://127.0.0.1:{self.port}/{name}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+def _answers_ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as conn:
+            conn.sendall(b"PING\r\n")
+            return conn.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
 
 
 async def scrape(session: aiohttp.ClientSession, url: str) -> dict[str, float]:

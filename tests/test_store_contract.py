@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from helpers import RedisServer, wait_until
+from helpers import RedisSentinel, RedisServer, wait_until
 
 from shared.errors import Conflict, StoreUnavailable
 from shared.store import MemoryStore, RedisStore, Store, open_store, open_stores
@@ -206,3 +206,18 @@ async def test_registry_and_cache_stores_are_separate_when_configured_so(tmp_pat
         await stores.close()
         global_primary.stop()
         regional.stop()
+
+
+async def test_a_sentinel_url_reaches_the_primary_it_names(tmp_path: Path) -> None:
+    primary = RedisServer(tmp_path)
+    sentinel = RedisSentinel(tmp_path, primary)
+    store = open_store(sentinel.url)
+    try:
+        await store.compare_and_set("reg", 0, b"via sentinel")
+        direct = RedisStore(primary.url)
+        assert await direct.get("reg") == b"via sentinel"  # it went to the primary Sentinel named
+        await direct.close()
+    finally:
+        await store.close()
+        sentinel.stop()
+        primary.stop()
