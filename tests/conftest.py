@@ -10,6 +10,8 @@ import aiohttp
 import pytest
 from helpers import NodeProcess, RedisServer
 
+from shared.store import MemoryStore, RedisStore, Store
+
 
 @pytest.fixture
 def start_node(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
@@ -51,3 +53,19 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path)
     yield server
     server.stop()
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """Each test that takes ``store`` runs twice: on the embedded store and on a real,
+    private redis-server, so the two implementations cannot drift."""
+    if request.param == "memory":
+        yield MemoryStore()
+        return
+    server = RedisServer(tmp_path)
+    redis_store = RedisStore(server.url)
+    try:
+        yield redis_store
+    finally:
+        await redis_store.close()
+        server.stop()

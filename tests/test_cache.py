@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -16,18 +15,6 @@ from shared.store import MemoryStore, RedisStore, Store
 
 V1, V2 = "mgeo_demo_tiny-synth_v1-20261124T0144Z", "mgeo_demo_tiny-synth_v2-20261124T0200Z"
 Pair = tuple[str, str]
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    if request.param == "memory":
-        yield MemoryStore()
-        return
-    server = RedisServer(tmp_path)
-    redis_store = RedisStore(server.url)
-    yield redis_store
-    await redis_store.close()
-    server.stop()
 
 
 class Model:

@@ -4,7 +4,6 @@ against a RedisStore on a real, private redis-server, so the two cannot drift.""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -12,20 +11,6 @@ from helpers import RedisSentinel, RedisServer, wait_until
 
 from shared.errors import Conflict, StoreUnavailable
 from shared.store import MemoryStore, RedisStore, Store, open_store, open_stores
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    if request.param == "memory":
-        yield MemoryStore()
-        return
-    server = RedisServer(tmp_path)
-    redis_store = RedisStore(server.url)
-    try:
-        yield redis_store
-    finally:
-        await redis_store.close()
-        server.stop()
 
 
 async def test_get_set_mget_delete(store: Store) -> None:
