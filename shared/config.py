@@ -24,6 +24,7 @@ import yaml
 __all__ = [
     "ENV_PREFIX",
     "ConfigError",
+    "GatewayConfig",
     "NodeConfig",
     "add_arguments",
     "build_config",
@@ -100,6 +101,65 @@ class NodeConfig:
         _check(self.default_deadline_ms > 0, "default_deadline_ms", "must be positive")
         _check(self.heartbeat_ttl_s > 0, "heartbeat_ttl_s", "must be positive")
         _check(bool(self.region.strip()), "region", "must not be empty")
+
+
+DEFAULT_GATEWAY_PORT = 8080
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    """The gateway's scalar settings; its topology (regions, countries, nodes) is read
+    from the same YAML file's top-level ``regions:``, ``countries:`` and ``nodes:``."""
+
+    region: str = _opt("local", "region this gateway runs in (also the default client region)")
+    host: str = _opt("127.0.0.1", "address to listen on")
+    port: int = _opt(DEFAULT_GATEWAY_PORT, "port to listen on")
+    tls_cert: str | None = _opt(None, "PEM certificate (chain) for HTTPS; with tls_key")
+    tls_key: str | None = _opt(None, "PEM private key for HTTPS")
+    upstream_ca: str | None = _opt(None, "CA bundle to verify nodes served over HTTPS")
+    registry_url: str | None = _opt(None, "registry store (redis://, redis+sentinel://); none: embedded")
+    cache_url: str | None = _opt(None, "result cache store (default: the registry's)")
+    cache_read_url: str | None = _opt(None, "replica to read the cache from (default: cache_url)")
+    namespace: str = _opt("geogate", "key prefix in the stores")
+    geoip_db: str | None = _opt(None, "MaxMind-format .mmdb (Country or City); none: every client is default_region")
+    trusted_proxies: str = _opt("", "comma-separated CIDRs whose X-Forwarded-For is believed")
+    cdn_country_header: str | None = _opt(None, "header with the client's ISO country, set by a trusted CDN")
+    default_region: str | None = _opt(None, "region of unknown and private addresses (default: region)")
+    probe_interval_s: float = _opt(1.0, "active /health/ready probe period per node (with jitter)")
+    deep_probe_interval_s: float = _opt(5.0, "period of the probe that scores a known pair (0: off)")
+    healthy_after: int = _opt(1, "consecutive good probes that make a node healthy")
+    unhealthy_after: int = _opt(2, "consecutive failed probes that make a node unhealthy")
+    eject_after: int = _opt(3, "consecutive failed calls that eject a node (passive)")
+    eject_base_s: float = _opt(1.0, "first ejection time; doubles on each repeat, up to 30 s")
+    max_ejection_percent: float = _opt(50.0, "never eject more than this share of a region's nodes")
+    connect_timeout_ms: int = _opt(300, "upstream connect timeout")
+    attempt_timeout_ms: int = _opt(5000, "one upstream attempt's timeout (bounded by the deadline)")
+    max_attempts: int = _opt(3, "attempts per call (first try plus retries on other nodes or regions)")
+    retry_budget_percent: float = _opt(20.0, "retries allowed as a share of recent calls (plus a floor of 10/s)")
+    hedge_after_ms: float = _opt(0.0, "send a second attempt if the first has not answered after this (0: off)")
+    default_deadline_ms: int = _opt(DEFAULT_DEADLINE_MS, "deadline when a call sends no X-Deadline-Ms")
+    max_batch: int = _opt(DEFAULT_MAX_BATCH, "items (pairs or addresses) allowed in one request")
+    max_chars: int = _opt(DEFAULT_MAX_CHARS, "characters allowed in one address")
+    max_body_bytes: int = _opt(DEFAULT_MAX_BODY_BYTES, "request body size limit (413 above)")
+    cache_ttl_s: float = _opt(86_400.0, "result cache entry lifetime (0: no caching)")
+    drain_timeout_s: float = _opt(DEFAULT_DRAIN_TIMEOUT_S, "on SIGTERM, how long in-flight calls may take")
+    log_level: str = _opt("info", "debug, info, warning or error")
+    log_json: bool = _opt(True, "log JSON lines (false: plain text)")
+    access_log: bool = _opt(True, "log one JSON line per request (with its request id)")
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.port <= 65535, "port", "must be 0..65535")
+        _check(bool(self.region.strip()), "region", "must not be empty")
+        _check((self.tls_cert is None) == (self.tls_key is None), "tls_cert", "tls_cert and tls_key go together")
+        for name in ("probe_interval_s", "eject_base_s", "max_batch", "max_chars", "max_body_bytes",
+                     "connect_timeout_ms", "attempt_timeout_ms", "max_attempts", "healthy_after",
+                     "unhealthy_after", "eject_after", "default_deadline_ms"):
+            _check(getattr(self, name) > 0, name, "must be positive")
+        _check(0 <= self.max_ejection_percent <= 100, "max_ejection_percent", "must be within 0..100")
+
+    @property
+    def home_default(self) -> str:
+        return self.default_region or self.region
 
 
 def _check(ok: bool, name: str, message: str) -> None:
