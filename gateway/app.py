@@ -1,0 +1,104 @@
+"""The gateway's aiohttp application: scoring routes, operations routes, one middleware."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import generate_latest
+
+from gateway.openapi import OPENAPI
+from gateway.proxy import GATEWAY, Gateway, Route, add_routes
+from gateway.upstream import NodeRejected
+from shared.errors import GeogateError
+from shared.http import error_response, from_http_exception, json_response, request_id
+from shared.schemas import encode
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("geogate.gateway.http")
+access = logging.getLogger("geogate.gateway.access")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def create_app(gateway: Gateway) -> web.Application:
+    app = web.Application(middlewares=[_middleware], client_max_size=gateway.config.max_body_bytes + 1)
+    app[GATEWAY] = gateway
+    add_routes(app)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi)
+    return app
+
+
+@web.middleware
+async def _middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Request id, the JSON error shape, metrics and the access log, in one pass."""
+    started = time.perf_counter()
+    rid = request_id(request)
+    try:
+        response = await handler(request)
+    except NodeRejected as exc:  # the node's own 4xx, in our error shape already
+        response = json_response(exc.body, exc.status)
+    except GeogateError as exc:
+        response = error_response(exc, rid)
+    except web.HTTPException as exc:
+        response = error_response(from_http_exception(exc), rid)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unhandled error on %s %s (request %s)", request.method, request.path, rid)
+        response = error_response(GeogateError("internal error"), rid)
+    response.headers["X-Request-ID"] = rid
+    gw = request.app[GATEWAY]
+    route: Route | None = request.get("route")
+    resource = request.match_info.route.resource
+    name = resource.canonical if resource is not None else "unmatched"
+    elapsed = time.perf_counter() - started
+    served = (route.served or gw.config.region) if route else ""
+    gw.metrics.requests.labels(name, str(response.status), served, route.color if route else "").inc()
+    gw.metrics.latency.labels(name).observe(elapsed)
+    if gw.config.access_log and name not in ("/metrics", "/healthz", "/readyz"):
+        access.info("%s %s %d", request.method, request.path, response.status, extra={
+            "request_id": rid, "status": response.status, "ms": round(elapsed * 1000, 2), "client": request.remote,
+            "home": route.plan.home if route else None, "served": served or None,
+            "cache": route.cache if route else None, "attempts": route.attempts if route else None,
+        })
+    return response
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response(b'{"status":"live"}')
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready when the registry snapshot is loaded and some node serves its active color."""
+    gw = request.app[GATEWAY]
+    snapshot = gw.watcher.snapshot
+    version = snapshot.active_version()
+    serving = [
+        region for region in sorted({n.spec.region for n in gw.balancer.health.nodes.values()})
+        if version and gw.balancer.candidates(region, snapshot.active_color, version)
+    ]
+    ready = snapshot.epoch > 0 and bool(serving)
+    body = {"status": "ready" if ready else "not_ready", "epoch": snapshot.epoch, "active_color": snapshot.active_color,
+            "model_version": version, "regions_serving": serving, "registry_age_s": round(gw.watcher.age_s, 3)}
+    return json_response(encode(body), 200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    gw.metrics.registry_epoch.set(gw.watcher.snapshot.epoch)
+    age = gw.watcher.age_s
+    gw.metrics.registry_age.set(age if age != float("inf") else -1)
+    return web.Response(body=generate_latest(gw.metrics.registry),
+                        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return json_response(OPENAPI)

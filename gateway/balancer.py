@@ -1,0 +1,70 @@
+"""Where a call may go: the region order for a client, and a node inside a region.
+
+Regions: the client's home region, then its failover list, skipping regions its
+residency forbids, regions that are drained or failed in the registry, and regions with
+no node that is healthy, of the needed color and serving the registry's version. Nodes:
+better of two random choices by outstanding requests, EWMA latency breaking ties.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+
+from gateway.health import HealthChecker, NodeState
+from gateway.topology import Topology
+from shared.registry import RegistryRecord
+
+__all__ = ["Balancer", "Plan"]
+
+
+@dataclass(frozen=True)
+class Plan:
+    home: str
+    regions: list[str]
+    skipped: dict[str, str] = field(default_factory=dict)  # region -> why (residency, drained, ...)
+
+    def reason_for(self, served: str) -> str:
+        """Why a call served in ``served`` went there (for X-Route and metrics)."""
+        if served == self.home:
+            return "home"
+        why = self.skipped.get(self.home)
+        return f"failover:{why}" if why else "failover:retry"
+
+
+class Balancer:
+    def __init__(self, topology: Topology, health: HealthChecker) -> None:
+        self.topology = topology
+        self.health = health
+
+    def candidates(self, region: str, color: str, version: str) -> list[NodeState]:
+        now = time.monotonic()
+        return [
+            n for n in self.health.in_region(region)
+            if n.spec.color == color and n.model_version == version and n.available(now)
+        ]
+
+    def plan(self, home: str, snapshot: RegistryRecord, color: str, version: str) -> Plan:
+        allowed_by_home = self.topology.region(home)
+        regions: list[str] = []
+        skipped: dict[str, str] = {}
+        for region in self.topology.order(home):
+            if not allowed_by_home.allows(region):
+                skipped[region] = "residency"
+            elif (state := snapshot.region_state(region)) != "active":
+                skipped[region] = state
+            elif not self.candidates(region, color, version):
+                skipped[region] = "no-healthy-node"
+            else:
+                regions.append(region)
+        # Regions the failover list does not name, but residency would allow, stay out:
+        # the operator's order is the contract.
+        return Plan(home, regions, skipped)
+
+    def pick(self, region: str, color: str, version: str, exclude: set[str]) -> NodeState | None:
+        choices = [n for n in self.candidates(region, color, version) if n.url not in exclude]
+        if len(choices) <= 1:
+            return choices[0] if choices else None
+        a, b = random.sample(choices, 2)
+        return min((a, b), key=lambda n: (n.outstanding, n.ewma_ms))

@@ -1,0 +1,39 @@
+"""The gateway's Prometheus metrics (one registry per gateway process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["GatewayMetrics"]
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter("geogate_gateway_requests", "client requests", ["route", "status", "region", "color"],
+                                registry=r)
+        self.latency = Histogram("geogate_gateway_request_duration_seconds", "client request latency", ["route"],
+                                 buckets=_LATENCY_BUCKETS, registry=r)
+        self.upstream_latency = Histogram("geogate_gateway_upstream_duration_seconds", "one upstream attempt",
+                                          ["region"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.upstream_attempts = Counter("geogate_gateway_upstream_attempts", "upstream attempts by outcome",
+                                         ["region", "outcome"], registry=r)
+        self.retries = Counter("geogate_gateway_retries", "attempts after the first", registry=r)
+        self.retry_budget_exhausted = Counter("geogate_gateway_retry_budget_exhausted",
+                                              "retries refused by the retry budget", registry=r)
+        self.failovers = Counter("geogate_gateway_failovers", "calls served outside the home region",
+                                 ["from_region", "to_region", "reason"], registry=r)
+        self.ejections = Counter("geogate_gateway_ejections", "passive ejections", ["region", "color"], registry=r)
+        self.cache = Counter("geogate_gateway_cache_items", "cache lookups per item", ["task", "result"], registry=r)
+        self.registry_epoch = Gauge("geogate_gateway_registry_epoch", "epoch of the registry snapshot", registry=r)
+        self.registry_age = Gauge("geogate_gateway_registry_snapshot_age_seconds",
+                                  "seconds since the store last confirmed the snapshot", registry=r)
+        self.healthy_nodes = Gauge("geogate_gateway_healthy_nodes", "nodes taking calls", ["region", "color"],
+                                   registry=r)
+        self.probe_latency = Histogram("geogate_gateway_probe_duration_seconds", "active health probe latency",
+                                       ["region"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.version_mismatch = Counter("geogate_gateway_version_mismatch",
+                                        "answers rejected because X-Model-Version differed (fencing)", ["region"],
+                                        registry=r)

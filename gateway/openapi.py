@@ -1,0 +1,63 @@
+"""``/openapi.json``: the client API, generated from the wire types so it cannot drift."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from shared.errors import ErrorBody
+from shared.schemas import (
+    CompatParseRequest,
+    CompatParseResponse,
+    MatchRequest,
+    MatchResponse,
+    ParseRequest,
+    ParseResponse,
+    SimilarityRequest,
+    SimilarityResponse,
+)
+
+__all__ = ["OPENAPI"]
+
+_ROUTES = {
+    "/v1/similarity": ("Score address pairs (MGeo entity alignment)", SimilarityRequest, SimilarityResponse),
+    "/v1/parse": ("Parse addresses into MGeo elements", ParseRequest, ParseResponse),
+    "/match": ("Compatibility: one pair, a similarity score", MatchRequest, MatchResponse),
+    "/parse": ("Compatibility: one address, its elements", CompatParseRequest, CompatParseResponse),
+}
+_ERRORS = {"400": "malformed JSON or header", "413": "body too large", "422": "invalid request",
+           "429": "overloaded", "503": "no region or node may serve the call", "504": "deadline exceeded"}
+
+
+def _document() -> dict[str, Any]:
+    types = [t for _, req, resp in _ROUTES.values() for t in (req, resp)] + [ErrorBody]
+    schemas, components = msgspec.json.schema_components(types, ref_template="#/components/schemas/{name}")
+    refs = dict(zip(types, schemas))
+    headers = {name: {"schema": {"type": "string"}, "description": text} for name, text in (
+        ("X-Model-Version", "model version that produced the answer"), ("X-Color", "deployment color"),
+        ("X-Region", "region that served the call"), ("X-Cache", "hit, miss or partial"),
+        ("X-Route", "home region, serving region, attempts and why"), ("X-Request-ID", "echoed or generated"))}
+    error = {"content": {"application/json": {"schema": refs[ErrorBody]}}}
+    paths = {
+        path: {"post": {
+            "summary": summary,
+            "parameters": [
+                {"name": "X-Deadline-Ms", "in": "header", "schema": {"type": "number"}},
+                {"name": "X-MGeo-Version", "in": "header", "schema": {"enum": ["canary"]}},
+                {"name": "X-Request-ID", "in": "header", "schema": {"type": "string"}},
+            ],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": refs[req]}}},
+            "responses": {
+                "200": {"description": "scored", "headers": headers,
+                        "content": {"application/json": {"schema": refs[resp]}}},
+                **{code: {"description": text, **error} for code, text in _ERRORS.items()},
+            },
+        }}
+        for path, (summary, req, resp) in _ROUTES.items()
+    }
+    return {"openapi": "3.1.0", "info": {"title": "geogate client API", "version": "1"}, "paths": paths,
+            "components": {"schemas": components}}
+
+
+OPENAPI: bytes = msgspec.json.encode(_document())
