@@ -46,11 +46,11 @@ async def wait_until(
 class NodeProcess:
     """A ``geogate node`` subprocess; its log goes to a file the test can read."""
 
-    def __init__(self, tmp: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, tmp: Path, *args: str, env: dict[str, str] | None = None, command: str = "node") -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = tmp / f"node-{self.port}.log"
-        cmd = [sys.executable, "-m", "shared.cli", "node", "--port", str(self.port), "--log-json", "false", *args]
+        self.log_path = tmp / f"{command}-{self.port}.log"
+        cmd = [sys.executable, "-m", "shared.cli", command, "--port", str(self.port), "--log-json", "false", *args]
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=log, stderr=subprocess.STDOUT)
@@ -62,8 +62,11 @@ class NodeProcess:
         async with session.get(self.url + path) as resp:
             return resp.status, await resp.json()
 
+    client_ssl: object = None  # an ssl.SSLContext for an HTTPS service
+
     async def wait_status(self, path: str, status: int, timeout: float = STARTUP_S) -> None:
-        async with aiohttp.ClientSession() as session:
+        connector = aiohttp.TCPConnector(ssl=self.client_ssl or True)  # type: ignore[arg-type]
+        async with aiohttp.ClientSession(connector=connector) as session:
 
             async def check() -> bool:
                 if self.proc.poll() is not None:
@@ -93,6 +96,18 @@ class NodeProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+
+
+class GatewayProcess(NodeProcess):
+    """A ``geogate gateway`` subprocess (same harness as a node)."""
+
+    def __init__(self, tmp: Path, *args: str, env: dict[str, str] | None = None, https: bool = False) -> None:
+        super().__init__(tmp, *args, env=env, command="gateway")
+        if https:
+            self.url = self.url.replace("http://", "https://")
+
+    async def wait_ready(self) -> None:
+        await self.wait_status("/readyz", 200)
 
 
 class RedisServer:

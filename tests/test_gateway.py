@@ -1,0 +1,248 @@
+"""The gateway end to end: real node processes (demo model), real Redis, real HTTP(S).
+
+One module-wide world: cn-east with one node, eu-central with one good node and one that
+serves another model version, cn-north with none (its clients may only be served in
+cn-*), a registry naming the demo model as blue, and a gateway in eu-central that trusts
+loopback as a proxy, so a test says which client it stands for with X-Forwarded-For.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import ssl
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+import yaml
+from helpers import GatewayProcess, NodeProcess, RedisServer, scrape, wait_until
+
+from shared.registry import ColorInfo, Registry
+from shared.store import RedisStore
+
+GEOIP = Path(__file__).parent / "data" / "geoip" / "GeoIP2-Country-Test.mmdb"
+CN, GB, PH, UNKNOWN = "175.16.199.0", "81.2.69.160", "202.196.224.1", "8.8.8.8"
+
+
+@dataclass
+class World:
+    redis: RedisServer
+    nodes: dict[str, NodeProcess]
+    gateway: GatewayProcess
+    config: Path
+    version: str
+    tmp: Path
+
+
+def write_config(path: Path, nodes: dict[str, NodeProcess], **gateway: object) -> Path:
+    path.write_text(yaml.safe_dump({
+        "gateway": {"trusted_proxies": "127.0.0.0/8", "geoip_db": str(GEOIP), "probe_interval_s": 0.2,
+                    "deep_probe_interval_s": 1.0, **gateway},
+        "regions": {"cn-east": {"failover": ["eu-central"]}, "eu-central": {"failover": ["cn-east"]},
+                    "cn-north": {"failover": ["cn-east", "eu-central"], "residency": ["cn-*"]}},
+        "countries": {"CN": "cn-east", "GB": "eu-central", "SE": "eu-central", "PH": "cn-north"},
+        "nodes": [{"region": r, "color": "blue", "url": n.url} for r, n in
+                  (("cn-east", nodes["cn"]), ("eu-central", nodes["eu"]), ("eu-central", nodes["eu-wrong"]))],
+    }))
+    return path
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    tmp = tmp_path_factory.mktemp("gateway-world")
+    redis_server = RedisServer(tmp)
+    nodes = {
+        "cn": NodeProcess(tmp, "--region", "cn-east"),
+        "eu": NodeProcess(tmp, "--region", "eu-central"),
+        "eu-wrong": NodeProcess(tmp, "--region", "eu-central", "--model-version", "mgeo_demo_tiny-other-20200101"),
+    }
+    gateway = None
+    try:
+        for node in nodes.values():
+            asyncio.run(node.wait_ready())
+        version, checksum = asyncio.run(_identity(nodes["cn"]))
+        asyncio.run(_init_registry(redis_server.url, version, checksum))
+        config = write_config(tmp / "gateway.yaml", nodes, region="eu-central")
+        gateway = GatewayProcess(tmp, "--config", str(config), "--registry-url", redis_server.url)
+        asyncio.run(gateway.wait_ready())
+        yield World(redis_server, nodes, gateway, config, version, tmp)
+    finally:
+        for process in [*nodes.values(), *([gateway] if gateway else [])]:
+            process.stop()
+        redis_server.stop()
+
+
+async def _identity(node: NodeProcess) -> tuple[str, str]:
+    async with aiohttp.ClientSession() as http:
+        _, info = await node.get(http, "/info")
+    return str(info["model_version"]), str(info["checksum"])
+
+
+async def _init_registry(url: str, version: str, checksum: str) -> None:
+    store = RedisStore(url)
+    await Registry(store).initialize({"blue": ColorInfo(version, checksum)}, "blue", ["cn-east", "eu-central"],
+                                     who="test")
+    await store.close()
+
+
+def pairs(tag: str, n: int = 2) -> list[list[str]]:
+    return [[f"杭州市文一西路{i}号{tag}", f"杭州文一西路{i}号"] for i in range(n)]
+
+
+async def post(http: aiohttp.ClientSession, url: str, path: str, body: object, client: str | None = None,
+               **headers: str) -> tuple[int, dict[str, object], dict[str, str]]:
+    h = {"X-Forwarded-For": client} if client else {}
+    h.update({k.replace("_", "-"): v for k, v in headers.items()})
+    async with http.post(url + path, json=body, headers=h) as resp:
+        return resp.status, await resp.json(), dict(resp.headers)
+
+
+async def test_clients_are_served_in_their_home_region(world: World, http: aiohttp.ClientSession) -> None:
+    for client, region in ((CN, "cn-east"), (GB, "eu-central"), (UNKNOWN, "eu-central")):
+        status, body, headers = await post(http, world.gateway.url, "/v1/similarity", {"pairs": pairs(client)}, client)
+        assert status == 200, body
+        assert (headers["X-Region"], body["region"]) == (region, region)
+        assert headers["X-Route"].startswith(f"home={region}; served={region};")
+        assert (headers["X-Model-Version"], headers["X-Color"], body["color"]) == (world.version, "blue", "blue")
+        assert headers["X-Cache"] == "miss" and len(body["results"]) == 2  # type: ignore[arg-type]
+
+
+async def test_parse_and_compat_routes(world: World, http: aiohttp.ClientSession) -> None:
+    status, body, headers = await post(http, world.gateway.url, "/v1/parse",
+                                       {"addresses": ["浙江省杭州市余杭区五常街道文一西路969号"]}, CN)
+    assert status == 200 and headers["X-Region"] == "cn-east"
+    assert {"type": "prov", "text": "浙江省", "start": 0, "end": 3} in body["results"][0]["elements"]  # type: ignore[index]
+    status, body, _ = await post(http, world.gateway.url, "/match",
+                                 {"address1": "杭州市文一西路969号", "address2": "杭州文一西路969号"}, GB)
+    assert status == 200 and 0.5 < float(body["similarity"]) <= 1  # type: ignore[arg-type]
+    status, body, _ = await post(http, world.gateway.url, "/parse", {"address": "上海市黄浦区南京东路100号"}, GB)
+    assert status == 200 and body["elements"]
+
+
+async def test_a_repeated_batch_is_served_from_the_cache(world: World, http: aiohttp.ClientSession) -> None:
+    batch = {"pairs": pairs("cache", 5)}
+    status, first, headers = await post(http, world.gateway.url, "/v1/similarity", batch, CN)
+    assert status == 200 and headers["X-Cache"] == "miss"
+    before = await scrape(http, world.nodes["cn"].url)
+    status, second, headers = await post(http, world.gateway.url, "/v1/similarity", batch, CN)
+    assert status == 200 and headers["X-Cache"] == "hit" and second["results"] == first["results"]
+    assert "reason=cache" in headers["X-Route"]
+    after = await scrape(http, world.nodes["cn"].url)
+    key = 'geogate_node_requests_total{route="/v1/similarity",status="200"}'
+    assert after[key] == before[key]  # the node never saw the second call
+    status, third, headers = await post(http, world.gateway.url, "/v1/similarity",
+                                        {"pairs": pairs("cache", 6)}, CN)
+    assert headers["X-Cache"] == "partial" and third["results"][:5] == first["results"]  # type: ignore[index]
+
+
+async def test_a_node_serving_another_version_never_answers(world: World, http: aiohttp.ClientSession) -> None:
+    for i in range(12):
+        status, body, headers = await post(http, world.gateway.url, "/v1/similarity", {"pairs": pairs(f"v{i}")}, GB)
+        assert status == 200 and headers["X-Model-Version"] == world.version and body["model_version"] == world.version
+    wrong = await scrape(http, world.nodes["eu-wrong"].url)
+    assert wrong.get('geogate_node_requests_total{route="/v1/similarity",status="200"}', 0) <= 1  # deep probe only
+
+
+async def test_residency_forbids_failover_with_a_clear_503(world: World, http: aiohttp.ClientSession) -> None:
+    # cn-north has no node, and its clients may be served in cn-* only: cn-east is fine.
+    status, body, headers = await post(http, world.gateway.url, "/v1/similarity", {"pairs": pairs("ph")}, PH)
+    assert status == 200 and headers["X-Region"] == "cn-east"
+    assert "reason=failover:no-healthy-node" in headers["X-Route"]
+
+
+async def test_bad_input_gets_4xx_json_never_500(world: World, http: aiohttp.ClientSession) -> None:
+    url = world.gateway.url
+    cases: list[tuple[bytes, int]] = [
+        (b"{not json", 400), (b'{"pairs": "x"}', 422), (b'{"pairs": []}', 422), (b"\xff\xfe", 400),
+        (json.dumps({"pairs": [["a", "b"]] * 300}).encode(), 422),
+        (json.dumps({"pairs": [["a" * 300, "b"]]}).encode(), 422),
+    ]
+    for raw, expected in cases:
+        async with http.post(url + "/v1/similarity", data=raw, headers={"Content-Type": "application/json"}) as resp:
+            body = await resp.json()
+            assert resp.status == expected, (raw[:40], body)
+            assert set(body["error"]) == {"code", "message", "request_id"}
+    async with http.post(url + "/v1/similarity", data=io.BytesIO(b"x" * (2 << 20))) as resp:
+        assert resp.status == 413
+    async with http.post(url + "/v1/similarity", json={"pairs": pairs("d")}, headers={"X-Deadline-Ms": "soon"}) as resp:
+        assert resp.status == 400
+    async with http.get(url + "/nope") as resp:
+        assert resp.status == 404 and (await resp.json())["error"]["code"] == "not_found"
+
+
+async def test_operations_endpoints(world: World, http: aiohttp.ClientSession) -> None:
+    url = world.gateway.url
+    async with http.get(url + "/healthz") as resp:
+        assert resp.status == 200
+    async with http.get(url + "/readyz") as resp:
+        ready = await resp.json()
+        assert resp.status == 200 and ready["epoch"] == 1 and ready["regions_serving"] == ["cn-east", "eu-central"]
+    async with http.get(url + "/openapi.json") as resp:
+        spec = await resp.json()
+        assert set(spec["paths"]) == {"/v1/similarity", "/v1/parse", "/match", "/parse"}
+    metrics = await scrape(http, url)
+    assert metrics["geogate_gateway_registry_epoch"] == 1
+    assert metrics['geogate_gateway_healthy_nodes{color="blue",region="cn-east"}'] == 1
+    assert any(k.startswith("geogate_gateway_requests_total{") for k in metrics)
+
+
+async def test_https_end_to_end(world: World, http: aiohttp.ClientSession) -> None:
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert_path, key_path = world.tmp / "gw.pem", world.tmp / "gw.key"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_path))
+    cert.private_key_pem.write_to_path(str(key_path))
+    client_ssl = ssl.create_default_context()
+    ca.configure_trust(client_ssl)
+    gateway = GatewayProcess(world.tmp, "--config", str(world.config), "--registry-url", world.redis.url,
+                             "--tls-cert", str(cert_path), "--tls-key", str(key_path), https=True)
+    gateway.client_ssl = client_ssl
+    try:
+        await gateway.wait_ready()
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_ssl)) as https:
+            status, body, headers = await post(https, gateway.url, "/v1/similarity", {"pairs": pairs("tls")}, GB)
+        assert status == 200 and headers["X-Region"] == "eu-central" and gateway.url.startswith("https://")
+        with pytest.raises(aiohttp.ClientConnectorCertificateError):  # an untrusted certificate is refused
+            await http.get(gateway.url + "/healthz")
+    finally:
+        gateway.stop()
+
+
+async def _set_region(world: World, http: aiohttp.ClientSession, region: str, state: str) -> None:
+    store = RedisStore(world.redis.url)
+    try:
+        record = await Registry(store).set_region_state(region, state, who="test", why="drill")
+    finally:
+        await store.close()
+
+    async def seen() -> bool:
+        async with http.get(world.gateway.url + "/readyz") as resp:
+            return int((await resp.json())["epoch"]) >= record.epoch
+
+    await wait_until(seen, 10, f"the gateway to see epoch {record.epoch}")
+
+
+async def test_a_drained_region_fails_over_and_residency_is_never_breached(world: World,
+                                                                           http: aiohttp.ClientSession) -> None:
+    await _set_region(world, http, "cn-east", "drained")
+    try:
+        status, body, headers = await post(http, world.gateway.url, "/v1/similarity", {"pairs": pairs("drain")}, CN)
+        assert status == 200 and headers["X-Region"] == "eu-central"
+        assert "home=cn-east; served=eu-central" in headers["X-Route"] and "reason=failover:drained" in headers["X-Route"]
+        # cn-north's clients may only be served in cn-*: with cn-east drained nothing is left.
+        status, body, headers = await post(http, world.gateway.url, "/v1/similarity", {"pairs": pairs("res")}, PH)
+        assert status == 503, body
+        error = body["error"]
+        assert error["code"] == "unavailable" and "residency" in error["message"]  # type: ignore[index,operator]
+        metrics = await scrape(http, world.gateway.url)
+        assert metrics['geogate_gateway_failovers_total{from_region="cn-east",reason="failover:drained",'
+                       'to_region="eu-central"}'] >= 1
+    finally:
+        await _set_region(world, http, "cn-east", "active")
+    status, _, headers = await post(http, world.gateway.url, "/v1/similarity", {"pairs": pairs("back")}, CN)
+    assert status == 200 and headers["X-Region"] == "cn-east"
