@@ -2,7 +2,8 @@
 
 Regions: the client's home region, then its failover list, skipping regions its
 residency forbids, regions that are drained or failed in the registry, and regions with
-no node that is healthy, of the needed color and serving the registry's version. Nodes:
+no node that is healthy, of the needed color and serving the registry's version; a home
+region below its ``min_healthy`` nodes spills that share of calls to the next. Nodes:
 better of two random choices by outstanding requests, EWMA latency breaking ties.
 """
 
@@ -24,19 +25,23 @@ class Plan:
     home: str
     regions: list[str]
     skipped: dict[str, str] = field(default_factory=dict)  # region -> why (residency, drained, ...)
+    spilled: bool = False  # the home region is short of healthy nodes and this call was sent on
 
     def reason_for(self, served: str) -> str:
         """Why a call served in ``served`` went there (for X-Route and metrics)."""
         if served == self.home:
             return "home"
+        if self.spilled:
+            return "failover:spillover"
         why = self.skipped.get(self.home)
         return f"failover:{why}" if why else "failover:retry"
 
 
 class Balancer:
-    def __init__(self, topology: Topology, health: HealthChecker) -> None:
+    def __init__(self, topology: Topology, health: HealthChecker, rng: random.Random | None = None) -> None:
         self.topology = topology
         self.health = health
+        self._rng = rng or random.Random()
 
     def candidates(self, region: str, color: str, version: str) -> list[NodeState]:
         now = time.monotonic()
@@ -60,11 +65,21 @@ class Balancer:
                 regions.append(region)
         # Regions the failover list does not name, but residency would allow, stay out:
         # the operator's order is the contract.
-        return Plan(home, regions, skipped)
+        spilled = False
+        if len(regions) > 1 and regions[0] == home:
+            # Spill-over (Envoy's priority levels): a home region with fewer healthy nodes
+            # than it needs sends that share of calls to the next region instead of
+            # overloading its survivors; it stays in the plan as a fallback.
+            need = self.topology.region(home).min_healthy
+            have = len(self.candidates(home, color, version))
+            if have < need and self._rng.random() < 1 - have / need:
+                regions[0], regions[1] = regions[1], regions[0]
+                spilled = True
+        return Plan(home, regions, skipped, spilled)
 
     def pick(self, region: str, color: str, version: str, exclude: set[str]) -> NodeState | None:
         choices = [n for n in self.candidates(region, color, version) if n.url not in exclude]
         if len(choices) <= 1:
             return choices[0] if choices else None
-        a, b = random.sample(choices, 2)
+        a, b = self._rng.sample(choices, 2)
         return min((a, b), key=lambda n: (n.outstanding, n.ewma_ms))

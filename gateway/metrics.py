@@ -21,6 +21,7 @@ class GatewayMetrics:
         self.upstream_attempts = Counter("geogate_gateway_upstream_attempts", "upstream attempts by outcome",
                                          ["region", "outcome"], registry=r)
         self.retries = Counter("geogate_gateway_retries", "attempts after the first", registry=r)
+        self.hedges = Counter("geogate_gateway_hedges", "hedged (twin) attempts", registry=r)
         self.retry_budget_exhausted = Counter("geogate_gateway_retry_budget_exhausted",
                                               "retries refused by the retry budget", registry=r)
         self.failovers = Counter("geogate_gateway_failovers", "calls served outside the home region",

@@ -5,7 +5,8 @@ An attempt fails on a connect error, a timeout, a 5xx, a 429, or an answer whose
 never serves a client, whatever it says about itself). A failed attempt is retried on
 another node of the region, then in the next region of the plan, up to ``max_attempts``
 and within a retry budget (a share of recent calls), so retries cannot multiply an
-outage. The client's remaining deadline travels as ``X-Deadline-Ms``.
+outage. Optional hedging sends a slow attempt's twin to the next node, within its own
+budget. The client's remaining deadline travels as ``X-Deadline-Ms``.
 """
 
 from __future__ import annotations
@@ -51,9 +52,10 @@ class NodeRejected(GeogateError):
 class RetryBudget:
     """Retries allowed: ``percent`` of the calls of the last ``window_s`` seconds, plus a floor."""
 
-    def __init__(self, percent: float, window_s: float = 10.0) -> None:
+    def __init__(self, percent: float, window_s: float = 10.0, floor_per_s: float = RETRY_FLOOR_PER_S) -> None:
         self.percent = percent
         self.window_s = window_s
+        self.floor_per_s = floor_per_s
         self._calls: deque[float] = deque()
         self._retries: deque[float] = deque()
 
@@ -68,7 +70,7 @@ class RetryBudget:
     def allow_retry(self) -> bool:
         now = time.monotonic()
         self._trim(now)
-        allowed = len(self._calls) * self.percent / 100 + RETRY_FLOOR_PER_S * self.window_s
+        allowed = len(self._calls) * self.percent / 100 + self.floor_per_s * self.window_s
         if len(self._retries) >= allowed:
             return False
         self._retries.append(now)
@@ -84,35 +86,74 @@ class Upstream:
         self.balancer = balancer
         self.metrics = metrics
         self.budget = RetryBudget(config.retry_budget_percent)
+        self.hedges = RetryBudget(config.hedge_budget_percent, floor_per_s=0.0)
 
     async def call(self, path: str, payload: bytes, plan: Plan, color: str, version: str, deadline: float,
                    request_id: str) -> Answer:
-        """The first good answer from the plan's regions; raises Unavailable when none."""
-        self.budget.call()
-        attempts = 0
-        tried: set[str] = set()
-        errors: list[str] = []
-        for region in plan.regions:
-            while attempts < self.config.max_attempts:
-                node = self.balancer.pick(region, color, version, tried)
-                if node is None:
-                    break  # this region has no untried node left: the next region
-                if attempts and not self.budget.allow_retry():
-                    self.metrics.retry_budget_exhausted.inc()
-                    raise Unavailable(f"retry budget exhausted after: {'; '.join(errors)}", retry_after_s=1)
-                if attempts:
-                    self.metrics.retries.inc()
-                attempts += 1
-                tried.add(node.url)
-                body, error = await self._attempt(node, path, payload, version, deadline, request_id)
-                if body is not None:
-                    return Answer(body, region, node.url, attempts)
-                errors.append(f"{node.spec.region}/{node.url}: {error}")
-            if attempts >= self.config.max_attempts:
-                break
+        """The first good answer from the plan's regions; raises Unavailable when none.
+
+        With ``hedge_after_ms``, an attempt that has not answered in that time gets a twin
+        on the next node (within the hedge budget); the first good answer wins and the
+        other is cancelled.
+        """
         if not plan.regions:
             skipped = ", ".join(f"{r}: {why}" for r, why in plan.skipped.items())
             raise Unavailable(f"no region may serve this call ({skipped})", retry_after_s=1)
+        self.budget.call()
+        self.hedges.call()
+        tried: set[str] = set()
+        errors: list[str] = []
+        attempts = 0
+        hedge_after = self.config.hedge_after_ms / 1000
+
+        def next_node() -> NodeState | None:
+            for region in plan.regions:
+                node = self.balancer.pick(region, color, version, tried)
+                if node is not None:
+                    tried.add(node.url)
+                    return node
+            return None
+
+        running: dict[asyncio.Task[tuple[bytes | None, str]], NodeState] = {}
+
+        def launch(node: NodeState) -> None:
+            nonlocal attempts
+            attempts += 1
+            task = asyncio.create_task(self._attempt(node, path, payload, version, deadline, request_id))
+            running[task] = node
+
+        try:
+            while True:
+                if not running:
+                    node = next_node() if attempts < self.config.max_attempts else None
+                    if node is None:
+                        break
+                    if attempts:
+                        if not self.budget.allow_retry():
+                            self.metrics.retry_budget_exhausted.inc()
+                            raise Unavailable(f"retry budget exhausted after: {'; '.join(errors)}", retry_after_s=1)
+                        self.metrics.retries.inc()
+                    launch(node)
+                hedging = hedge_after > 0 and len(running) == 1 and attempts < self.config.max_attempts
+                done, _ = await asyncio.wait(running, timeout=hedge_after if hedging else None,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if not done:
+                    twin = next_node() if self.hedges.allow_retry() else None
+                    if twin is None:
+                        hedge_after = 0.0  # nothing to hedge with: wait for what runs
+                    else:
+                        self.metrics.hedges.inc()
+                        launch(twin)
+                    continue
+                for task in done:
+                    node = running.pop(task)
+                    body, error = task.result()  # NodeRejected and DeadlineExceeded go to the client
+                    if body is not None:
+                        return Answer(body, node.spec.region, node.url, attempts)
+                    errors.append(f"{node.spec.region}/{node.url}: {error}")
+        finally:
+            for task in running:
+                task.cancel()
         raise Unavailable(f"no node answered ({'; '.join(errors) or 'no candidates'})", retry_after_s=1)
 
     async def _attempt(self, node: NodeState, path: str, payload: bytes, version: str, deadline: float,

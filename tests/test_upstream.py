@@ -1,0 +1,171 @@
+"""The fenced upstream call against small HTTP servers on loopback that behave like nodes
+in the ways a real demo node cannot be made to (answer 500, hang, claim another version,
+reject the request); the rest of the gateway's tests use real node processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from gateway.balancer import Balancer, Plan
+from gateway.health import HealthChecker, NodeState
+from gateway.metrics import GatewayMetrics
+from gateway.topology import NodeSpec, Topology
+from gateway.upstream import NodeRejected, RetryBudget, Upstream
+from shared.config import GatewayConfig
+from shared.errors import DeadlineExceeded, Unavailable
+
+V = "demo-v1-20261124"
+OK_BODY = json.dumps({"results": [{"score": 0.9, "label": "exact_match"}], "model_version": V, "color": "blue",
+                      "region": "x"}).encode()
+
+
+def behaving(kind: str) -> web.Application:
+    calls: list[int] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        calls.append(1)
+        if kind == "slow":
+            await asyncio.sleep(0.3)
+        if kind == "hang":
+            await asyncio.sleep(30)
+        if kind == "500":
+            return web.Response(status=500, text="boom")
+        if kind == "422":
+            return web.json_response({"error": {"code": "invalid_request", "message": "no", "request_id": "r"}},
+                                     status=422)
+        version = "demo-v0-20200101" if kind == "wrong-version" else V
+        return web.Response(body=OK_BODY, content_type="application/json", headers={"X-Model-Version": version})
+
+    app = web.Application()
+    app.router.add_post("/v1/similarity", handler)
+    app["calls"] = calls
+    return app
+
+
+class Fleet:
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.metrics = GatewayMetrics()
+        self.runners: list[web.AppRunner] = []
+        self.apps: dict[str, web.Application] = {}
+
+    async def start(self, nodes: dict[str, tuple[str, str]], session: aiohttp.ClientSession) -> Upstream:
+        """``nodes``: name -> (region, behaviour)."""
+        health = HealthChecker(self.config, session, self.metrics)
+        for name, (region, kind) in nodes.items():
+            app = behaving(kind)
+            runner = web.AppRunner(app, shutdown_timeout=0.2)  # a hanging handler is cut off at cleanup
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            self.runners.append(runner)
+            port = runner.addresses[0][1]
+            url = f"http://127.0.0.1:{port}"
+            self.apps[name] = app
+            health.nodes[url] = NodeState(NodeSpec(region, "blue", url), healthy=True, model_version=V)
+        return Upstream(self.config, session, health, Balancer(Topology(), health), self.metrics)
+
+    def calls(self, name: str) -> int:
+        return len(self.apps[name]["calls"])
+
+    async def close(self) -> None:
+        for runner in self.runners:
+            await runner.cleanup()
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+async def call(upstream: Upstream, regions: list[str], deadline_s: float = 10.0) -> object:
+    loop = asyncio.get_running_loop()
+    return await upstream.call("/v1/similarity", b'{"pairs": [["a", "b"]]}', Plan(regions[0], regions), "blue", V,
+                               loop.time() + deadline_s, "req-1")
+
+
+@pytest.mark.parametrize("bad", ["500", "wrong-version", "hang"])
+async def test_a_failed_attempt_is_retried_in_the_next_region(session: aiohttp.ClientSession, bad: str) -> None:
+    fleet = Fleet(GatewayConfig(attempt_timeout_ms=300))
+    upstream = await fleet.start({"bad": ("home", bad), "good": ("next", "ok")}, session)
+    try:
+        answer = await call(upstream, ["home", "next"])
+        assert (answer.region, answer.attempts, answer.body) == ("next", 2, OK_BODY)  # type: ignore[attr-defined]
+        bad_node = next(n for n in upstream.health.nodes.values() if n.spec.region == "home")
+        assert bad_node.failed_calls == 1
+        if bad == "wrong-version":
+            assert bad_node.model_version == "demo-v0-20200101"  # not chosen again until a probe says otherwise
+            assert upstream.balancer.pick("home", "blue", V, set()) is None
+    finally:
+        await fleet.close()
+
+
+async def test_the_node_rejecting_the_request_is_not_retried(session: aiohttp.ClientSession) -> None:
+    fleet = Fleet(GatewayConfig())
+    upstream = await fleet.start({"picky": ("home", "422"), "good": ("next", "ok")}, session)
+    try:
+        with pytest.raises(NodeRejected) as info:
+            await call(upstream, ["home", "next"])
+        assert info.value.status == 422 and fleet.calls("good") == 0
+    finally:
+        await fleet.close()
+
+
+async def test_hedging_sends_a_twin_to_the_next_node(session: aiohttp.ClientSession) -> None:
+    fleet = Fleet(GatewayConfig(hedge_after_ms=30, hedge_budget_percent=100))
+    upstream = await fleet.start({"slow": ("home", "slow"), "fast": ("next", "ok")}, session)
+    try:
+        answer = await call(upstream, ["home", "next"])
+        assert (answer.region, answer.attempts) == ("next", 2)  # type: ignore[attr-defined]
+        assert fleet.metrics.hedges._value.get() == 1
+    finally:
+        await fleet.close()
+    fleet = Fleet(GatewayConfig())  # no hedging: the slow node answers, once
+    upstream = await fleet.start({"slow": ("home", "slow"), "fast": ("next", "ok")}, session)
+    try:
+        answer = await call(upstream, ["home", "next"])
+        assert (answer.region, answer.attempts) == ("home", 1)  # type: ignore[attr-defined]
+        assert fleet.calls("fast") == 0
+    finally:
+        await fleet.close()
+
+
+async def test_retries_stop_at_the_budget_and_at_max_attempts(session: aiohttp.ClientSession) -> None:
+    fleet = Fleet(GatewayConfig(max_attempts=2))
+    upstream = await fleet.start({f"n{i}": (f"r{i}", "500") for i in range(4)}, session)
+    try:
+        with pytest.raises(Unavailable, match="no node answered"):
+            await call(upstream, ["r0", "r1", "r2", "r3"])
+        assert sum(fleet.calls(f"n{i}") for i in range(4)) == 2
+        upstream.budget = RetryBudget(0.0, floor_per_s=0.0)  # no retries at all
+        with pytest.raises(Unavailable, match="retry budget"):
+            await call(upstream, ["r0", "r1", "r2", "r3"])
+    finally:
+        await fleet.close()
+
+
+async def test_an_expired_deadline_is_not_sent_on(session: aiohttp.ClientSession) -> None:
+    fleet = Fleet(GatewayConfig())
+    upstream = await fleet.start({"good": ("home", "ok")}, session)
+    try:
+        with pytest.raises(DeadlineExceeded):
+            await call(upstream, ["home"], deadline_s=-1)
+        assert fleet.calls("good") == 0
+    finally:
+        await fleet.close()
+
+
+async def test_no_region_left_names_why(session: aiohttp.ClientSession) -> None:
+    fleet = Fleet(GatewayConfig())
+    upstream = await fleet.start({}, session)
+    loop = asyncio.get_running_loop()
+    with pytest.raises(Unavailable, match="cn-north: residency"):
+        await upstream.call("/v1/similarity", b"{}", Plan("cn-east", [], {"cn-east": "drained", "cn-north": "residency"}),
+                            "blue", V, loop.time() + 5, "r")
