@@ -19,6 +19,7 @@ from gateway.app import create_app
 from gateway.balancer import Balancer
 from gateway.cache import ResultCache
 from gateway.geo import GeoResolver, parse_networks
+from gateway.geoip_build import default_output
 from gateway.health import HealthChecker
 from gateway.metrics import GatewayMetrics
 from gateway.proxy import Gateway
@@ -52,7 +53,9 @@ async def serve(config: GatewayConfig, topology: Topology) -> int:
     refresher = asyncio.create_task(_keep_refreshing(topology, heartbeats, health, balancer), name="node-refresh")
     caching = config.cache_ttl_s > 0
     options = {"namespace": config.namespace, "ttl_s": config.cache_ttl_s}
-    geo = GeoResolver(db_path=config.geoip_db, countries=topology.countries, default_region=config.home_default,
+    geoip_db = config.geoip_db or (str(default_output()) if default_output().is_file() else None)
+    log.info("GeoIP database: %s", geoip_db or "none (every client is in the default region)")
+    geo = GeoResolver(db_path=geoip_db, countries=topology.countries, default_region=config.home_default,
                       trusted_proxies=parse_networks(config.trusted_proxies),
                       cdn_country_header=config.cdn_country_header)
     gateway = Gateway(
