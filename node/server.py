@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 from datetime import UTC, datetime
 
 from aiohttp import web
@@ -34,9 +35,13 @@ async def serve(config: NodeConfig) -> int:
     service = NodeService(config, NodeMetrics())
     runner = web.AppRunner(create_app(service), access_log=None, handle_signals=False, shutdown_timeout=5)
     await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port, backlog=2048)
+    server_ssl = None
+    if config.tls_cert and config.tls_key:
+        server_ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        server_ssl.load_cert_chain(config.tls_cert, config.tls_key)
+    site = web.TCPSite(runner, config.host, config.port, ssl_context=server_ssl, backlog=2048)
     await site.start()
-    log.info("listening on http://%s:%d (region %s, color %s)", config.host, config.port, config.region, config.color)
+    log.info("listening on %s (region %s, color %s)", _own_url(config), config.region, config.color)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -76,7 +81,7 @@ def _start_heartbeat(config: NodeConfig, service: NodeService, started_at: str) 
     beat = NodeHeartbeat(
         region=config.region,
         color=config.color,
-        url=config.advertise_url or f"http://{config.host}:{config.port}",
+        url=config.advertise_url or _own_url(config),
         model_version=service.model.model_version,
         sha256=service.model.checksum,
         started_at=started_at,
@@ -85,3 +90,7 @@ def _start_heartbeat(config: NodeConfig, service: NodeService, started_at: str) 
     publisher.start()
     log.info("publishing heartbeats to %s every %.1f s", publisher.heartbeats.store.name, config.heartbeat_ttl_s / 3)
     return publisher
+
+
+def _own_url(config: NodeConfig) -> str:
+    return f"{'https' if config.tls_cert else 'http'}://{config.host}:{config.port}"

@@ -80,8 +80,10 @@ class NodeConfig:
     warmup: bool = _opt(True, "run warm-up batches before reporting ready")
     log_level: str = _opt("info", "debug, info, warning or error")
     log_json: bool = _opt(True, "log JSON lines (false: plain text)")
+    tls_cert: str | None = _opt(None, "PEM certificate (chain) to serve HTTPS; with tls_key")
+    tls_key: str | None = _opt(None, "PEM private key for HTTPS")
     registry_url: str | None = _opt(None, "store to publish heartbeats to (redis://..., redis+sentinel://...); none: no heartbeats")
-    advertise_url: str | None = _opt(None, "URL gateways reach this node at (default http://HOST:PORT)")
+    advertise_url: str | None = _opt(None, "URL gateways reach this node at (default http(s)://HOST:PORT)")
     heartbeat_ttl_s: float = _opt(10.0, "heartbeat lifetime; refreshed every third of it")
     # Fault injection, for tests and failover drills only.
     fault_delay_ms: float = _opt(0.0, "FAULT: extra delay before every forward pass")
@@ -100,6 +102,7 @@ class NodeConfig:
         _check(self.cpu_threads >= 0, "cpu_threads", "must not be negative")
         _check(self.default_deadline_ms > 0, "default_deadline_ms", "must be positive")
         _check(self.heartbeat_ttl_s > 0, "heartbeat_ttl_s", "must be positive")
+        _check((self.tls_cert is None) == (self.tls_key is None), "tls_cert", "tls_cert and tls_key go together")
         _check(bool(self.region.strip()), "region", "must not be empty")
 
 

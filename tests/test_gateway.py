@@ -192,26 +192,47 @@ async def test_operations_endpoints(world: World, http: aiohttp.ClientSession) -
 
 
 async def test_https_end_to_end(world: World, http: aiohttp.ClientSession) -> None:
+    """Client -> gateway over HTTPS, and gateway -> node over HTTPS, with generated certificates."""
     trustme = pytest.importorskip("trustme")
     ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    cert_path, key_path = world.tmp / "gw.pem", world.tmp / "gw.key"
-    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_path))
-    cert.private_key_pem.write_to_path(str(key_path))
+    files = {}
+    for name in ("gateway", "node"):
+        cert = ca.issue_cert("127.0.0.1", "localhost")
+        files[name] = (world.tmp / f"{name}.pem", world.tmp / f"{name}.key")
+        cert.private_key_and_cert_chain_pem.write_to_path(str(files[name][0]))
+        cert.private_key_pem.write_to_path(str(files[name][1]))
+    ca_file = world.tmp / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
     client_ssl = ssl.create_default_context()
     ca.configure_trust(client_ssl)
-    gateway = GatewayProcess(world.tmp, "--config", str(world.config), "--registry-url", world.redis.url,
-                             "--tls-cert", str(cert_path), "--tls-key", str(key_path), https=True)
+
+    node = NodeProcess(world.tmp, "--region", "eu-central", "--tls-cert", str(files["node"][0]),
+                       "--tls-key", str(files["node"][1]))
+    node.url = node.url.replace("http://", "https://")
+    node.client_ssl = client_ssl
+    config = world.tmp / "tls.yaml"
+    config.write_text(yaml.safe_dump({
+        "gateway": {"trusted_proxies": "127.0.0.0/8", "geoip_db": str(GEOIP), "probe_interval_s": 0.2,
+                    "region": "eu-central", "upstream_ca": str(ca_file), "cache_ttl_s": 0},
+        "countries": {"GB": "eu-central"},
+        "nodes": [{"region": "eu-central", "color": "blue", "url": node.url}],
+    }))
+    gateway = GatewayProcess(world.tmp, "--config", str(config), "--registry-url", world.redis.url,
+                             "--tls-cert", str(files["gateway"][0]), "--tls-key", str(files["gateway"][1]), https=True)
     gateway.client_ssl = client_ssl
     try:
+        await node.wait_ready()
         await gateway.wait_ready()
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_ssl)) as https:
             status, _, headers = await post(https, gateway.url, "/v1/similarity", {"pairs": pairs("tls")}, GB)
-        assert status == 200 and headers["X-Region"] == "eu-central" and gateway.url.startswith("https://")
+            assert status == 200 and headers["X-Region"] == "eu-central" and gateway.url.startswith("https://")
+            node_metrics = await scrape(https, node.url)
+        assert node_metrics['geogate_node_requests_total{route="/v1/similarity",status="200"}'] >= 1
         with pytest.raises(aiohttp.ClientConnectorCertificateError):  # an untrusted certificate is refused
             await http.get(gateway.url + "/healthz")
     finally:
         gateway.stop()
+        node.stop()
 
 
 async def _set_region(world: World, http: aiohttp.ClientSession, region: str, state: str) -> None:
