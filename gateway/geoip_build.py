@@ -60,29 +60,25 @@ def read_tor_ranges(path: Path) -> Iterator[tuple[int, int, str]]:
 
 def build(v4: Path, v6: Path | None, output: Path, progress: Callable[[str], None] = lambda _: None) -> BuildStats:
     from mmdb_writer import MMDBWriter
-    from netaddr import IPRange, IPSet
+    from netaddr import IPSet
 
     started = time.monotonic()
-    by_country: dict[str, list[IPRange]] = defaultdict(list)
+    by_country: dict[str, list[str]] = defaultdict(list)
     ranges = 0
-    for path, version in ((v4, 4), (v6, 6)):
+    for path, address in ((v4, ipaddress.IPv4Address), (v6, ipaddress.IPv6Address)):
         if path is None:
             continue
         for lo, hi, country in read_tor_ranges(path):
-            if version == 4:
-                by_country[country].append(IPRange(ipaddress.IPv4Address(lo).exploded, ipaddress.IPv4Address(hi).exploded))
-            else:
-                by_country[country].append(IPRange(ipaddress.IPv6Address(lo).compressed, ipaddress.IPv6Address(hi).compressed))
+            networks = ipaddress.summarize_address_range(address(lo), address(hi))
+            by_country[country].extend(str(n) for n in networks)
             ranges += 1
         progress(f"read {ranges} ranges from {path}")
     writer = MMDBWriter(ip_version=6, database_type="GeoLite2-Country", languages=["en"],
                         description={"en": f"geogate country database from {ATTRIBUTION}"}, ipv4_compatible=True)
     networks = 0
     for i, (country, country_ranges) in enumerate(sorted(by_country.items()), 1):
-        ip_set = IPSet()
-        for r in country_ranges:
-            ip_set.add(r)
-        networks += len(ip_set.iter_cidrs())
+        ip_set = IPSet(country_ranges)  # built in one go: adding one by one re-merges every time
+        networks += len(country_ranges)
         writer.insert_network(ip_set, {"country": {"iso_code": country}, "registered_country": {"iso_code": country}})
         if i % 25 == 0 or i == len(by_country):
             progress(f"{i}/{len(by_country)} countries, {networks} networks")
