@@ -69,8 +69,8 @@ def build(v4: Path, v6: Path | None, output: Path, progress: Callable[[str], Non
         if path is None:
             continue
         for lo, hi, country in read_tor_ranges(path):
-            networks = ipaddress.summarize_address_range(address(lo), address(hi))
-            by_country[country].extend(str(n) for n in networks)
+            cidrs = ipaddress.summarize_address_range(address(lo), address(hi))
+            by_country[country].extend(str(n) for n in cidrs)
             ranges += 1
         progress(f"read {ranges} ranges from {path}")
     writer = MMDBWriter(ip_version=6, database_type="GeoLite2-Country", languages=["en"],

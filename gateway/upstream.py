@@ -29,6 +29,7 @@ __all__ = ["Answer", "NodeRejected", "RetryBudget", "Upstream"]
 
 log = logging.getLogger("geogate.gateway.upstream")
 
+MIN_P95_SAMPLES = 20  # fewer good answers than this: the fixed hedge delay
 RETRY_FLOOR_PER_S = 10.0  # retries always allowed at this rate, so a quiet gateway can still retry
 
 
@@ -87,6 +88,7 @@ class Upstream:
         self.metrics = metrics
         self.budget = RetryBudget(config.retry_budget_percent)
         self.hedges = RetryBudget(config.hedge_budget_percent, floor_per_s=0.0)
+        self._latencies: dict[str, deque[float]] = {}  # recent good attempts per region, seconds
 
     async def call(self, path: str, payload: bytes, plan: Plan, color: str, version: str, deadline: float,
                    request_id: str) -> Answer:
@@ -104,7 +106,7 @@ class Upstream:
         tried: set[str] = set()
         errors: list[str] = []
         attempts = 0
-        hedge_after = self.config.hedge_after_ms / 1000
+        hedge_after = self.hedge_delay(plan.regions[0])
 
         def next_node() -> NodeState | None:
             for region in plan.regions:
@@ -156,6 +158,18 @@ class Upstream:
                 task.cancel()
         raise Unavailable(f"no node answered ({'; '.join(errors) or 'no candidates'})", retry_after_s=1)
 
+    def hedge_delay(self, region: str) -> float:
+        """Seconds before a twin is sent (0: no hedging): ``hedge_after_ms``, or with
+        ``hedge_p95`` the region's recent p95 latency when it is longer (and known)."""
+        fixed = self.config.hedge_after_ms / 1000
+        if not self.config.hedge_p95:
+            return fixed
+        window = self._latencies.get(region)
+        if window is None or len(window) < MIN_P95_SAMPLES:
+            return fixed
+        ordered = sorted(window)
+        return max(fixed, ordered[int(0.95 * (len(ordered) - 1))])
+
     async def _attempt(self, node: NodeState, path: str, payload: bytes, version: str, deadline: float,
                        request_id: str) -> tuple[bytes | None, str]:
         remaining = deadline - asyncio.get_running_loop().time()
@@ -181,6 +195,7 @@ class Upstream:
         self.metrics.upstream_latency.labels(region).observe(elapsed)
         if status == 200 and served == version:
             self.health.call_succeeded(node, elapsed * 1000)
+            self._latencies.setdefault(region, deque(maxlen=256)).append(elapsed)
             self.metrics.upstream_attempts.labels(region, "ok").inc()
             return body, ""
         if status == 200:

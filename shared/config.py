@@ -140,6 +140,7 @@ class GatewayConfig:
     max_attempts: int = _opt(3, "attempts per call (first try plus retries on other nodes or regions)")
     retry_budget_percent: float = _opt(20.0, "retries allowed as a share of recent calls (plus a floor of 10/s)")
     hedge_after_ms: float = _opt(0.0, "send a second attempt if the first has not answered after this (0: off)")
+    hedge_p95: bool = _opt(False, "hedge after the region's recent p95 latency when it exceeds hedge_after_ms")
     hedge_budget_percent: float = _opt(10.0, "hedged attempts allowed as a share of recent calls")
     default_deadline_ms: int = _opt(DEFAULT_DEADLINE_MS, "deadline when a call sends no X-Deadline-Ms")
     max_batch: int = _opt(DEFAULT_MAX_BATCH, "items (pairs or addresses) allowed in one request")

@@ -169,3 +169,19 @@ async def test_no_region_left_names_why(session: aiohttp.ClientSession) -> None:
     with pytest.raises(Unavailable, match="cn-north: residency"):
         await upstream.call("/v1/similarity", b"{}", Plan("cn-east", [], {"cn-east": "drained", "cn-north": "residency"}),
                             "blue", V, loop.time() + 5, "r")
+
+
+async def test_hedge_delay_follows_the_regions_recent_p95(session: aiohttp.ClientSession) -> None:
+    fleet = Fleet(GatewayConfig(hedge_after_ms=20, hedge_p95=True))
+    upstream = await fleet.start({"good": ("home", "ok")}, session)
+    try:
+        assert upstream.hedge_delay("home") == 0.02  # too few answers yet: the fixed delay
+        for _ in range(25):
+            await call(upstream, ["home"])
+        measured = sorted(upstream._latencies["home"])[int(0.95 * 24)]
+        assert upstream.hedge_delay("home") == max(0.02, measured)
+        upstream._latencies["home"].extend([0.5] * 40)  # the region got slow: hedge later
+        assert upstream.hedge_delay("home") == 0.5
+    finally:
+        await fleet.close()
+    assert Upstream(GatewayConfig(), session, upstream.health, upstream.balancer, fleet.metrics).hedge_delay("x") == 0
