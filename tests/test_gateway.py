@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import signal
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -268,3 +269,31 @@ async def test_a_drained_region_fails_over_and_residency_is_never_breached(world
         await _set_region(world, http, "cn-east", "active")
     status, _, headers = await post(http, world.gateway.url, "/v1/similarity", {"pairs": pairs("back")}, CN)
     assert status == 200 and headers["X-Region"] == "cn-east"
+
+
+async def test_sigterm_lets_in_flight_calls_finish(world: World, http: aiohttp.ClientSession) -> None:
+    slow = NodeProcess(world.tmp, "--region", "eu-central", "--fault-delay-ms", "1500")
+    config = world.tmp / "slow.yaml"
+    config.write_text(yaml.safe_dump({
+        "gateway": {"region": "eu-central", "probe_interval_s": 0.2, "deep_probe_interval_s": 0, "cache_ttl_s": 0},
+        "nodes": [{"region": "eu-central", "color": "blue", "url": slow.url}],
+    }))
+    gateway = GatewayProcess(world.tmp, "--config", str(config), "--registry-url", world.redis.url)
+    try:
+        await slow.wait_ready()
+        await gateway.wait_ready()
+        call = asyncio.create_task(post(http, gateway.url, "/v1/similarity", {"pairs": pairs("drain-me")}))
+
+        async def in_flight() -> bool:
+            metrics = await scrape(http, slow.url)
+            return metrics.get('geogate_node_in_flight_items{task="similarity"}', 0) > 0
+
+        await wait_until(in_flight, 10, "the call to reach the node")
+        gateway.signal(signal.SIGTERM)
+        status, body, _ = await call
+        assert status == 200 and body["model_version"] == world.version
+        assert gateway.wait_exit(30) == 0
+    finally:
+        gateway.stop()
+        slow.stop()
+
