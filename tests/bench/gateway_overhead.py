@@ -97,7 +97,7 @@ async def _fake_node(port: int, region: str, version: str) -> None:
 class FakeNode(NodeProcess):
     """This script's fake node in a process of its own; the harness's readiness and stop."""
 
-    def __init__(self, tmp: Path, region: str) -> None:  # noqa: D107 -- NodeProcess's init starts a real node
+    def __init__(self, tmp: Path, region: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = tmp / f"fake-node-{self.port}.log"
