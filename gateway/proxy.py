@@ -78,7 +78,7 @@ class Gateway:
     similarity_cache: ResultCache[tuple[str, str], SimilarityResult] | None
     parse_cache: ResultCache[str, ParseResult] | None
 
-    def route(self, request: web.Request, body: bytes) -> Route:
+    def route(self, request: web.Request, items: object) -> Route:
         snapshot = self.watcher.snapshot
         if snapshot.epoch == 0:
             raise Unavailable("the version registry has not been read yet (no snapshot)", retry_after_s=1)
@@ -87,7 +87,7 @@ class Gateway:
         if preview is not None:
             if request.headers.get("X-MGeo-Version", "").strip().lower() == "canary":
                 color = preview
-            elif snapshot.canary_percent > 0 and _bucket(body) < snapshot.canary_percent * 100:
+            elif snapshot.canary_percent > 0 and _bucket(encode(items)) < snapshot.canary_percent * 100:
                 color = preview  # sticky by request content: a retry lands on the same color
         info = snapshot.colors.get(color)
         if info is None:
@@ -143,7 +143,7 @@ async def _similarity_items(request: web.Request, pairs: list[tuple[str, str]]) 
     cfg = gw.config
     validate_pairs(pairs, max_items=cfg.max_batch, max_chars=cfg.max_chars)
     call_deadline = deadline(request, cfg.default_deadline_ms)
-    route = gw.route(request, encode(pairs))
+    route = gw.route(request, pairs)
 
     async def compute(misses: list[tuple[str, str]]) -> list[SimilarityResult]:
         answer = await gw.fetch("/v1/similarity", SimilarityRequest(misses), SimilarityResponse, route, request,
@@ -158,7 +158,7 @@ async def _parse_items(request: web.Request, addresses: list[str]) -> tuple[Rout
     cfg = gw.config
     validate_addresses(addresses, max_items=cfg.max_batch, max_chars=cfg.max_chars)
     call_deadline = deadline(request, cfg.default_deadline_ms)
-    route = gw.route(request, encode(addresses))
+    route = gw.route(request, addresses)
 
     async def compute(misses: list[str]) -> list[ParseResult]:
         answer = await gw.fetch("/v1/parse", ParseRequest(misses), ParseResponse, route, request, call_deadline)

@@ -312,3 +312,47 @@ async def test_sigterm_lets_in_flight_calls_finish(world: World, http: aiohttp.C
         gateway.stop()
         slow.stop()
 
+
+
+async def test_canary_header_and_percent_route_to_the_preview_color(world: World,
+                                                                    http: aiohttp.ClientSession) -> None:
+    green_version = "mgeo_demo_tiny-green-20261124"
+    green = NodeProcess(world.tmp, "--region", "eu-central", "--color", "green", "--model-version", green_version,
+                        "--registry-url", world.redis.url)
+    store = RedisStore(world.redis.url)
+    try:
+        await green.wait_ready()
+        _, checksum = await _identity(green)
+        record = await Registry(store).register_color("green", green_version, checksum, who="test", why="preview")
+
+        async def green_serves() -> bool:  # the gateway found the node by heartbeat and probed it
+            status, _, headers = await post(http, world.gateway.url, "/v1/similarity", {"pairs": pairs("c0")}, GB,
+                                            X_MGeo_Version="canary")
+            return status == 200 and headers["X-Color"] == "green"
+
+        await wait_until(green_serves, 20, "the green node to take canary calls")
+        status, body, headers = await post(http, world.gateway.url, "/v1/similarity", {"pairs": pairs("c1")}, GB)
+        assert headers["X-Color"] == "blue" and headers["X-Model-Version"] == world.version  # no header, 0%: blue
+        status, body, headers = await post(http, world.gateway.url, "/v1/similarity", {"pairs": pairs("c1")}, GB,
+                                           X_MGeo_Version="canary")
+        assert (status, headers["X-Color"], body["model_version"]) == (200, "green", green_version)
+
+        record = await Registry(store).set_canary(50, who="test", why="half")
+        await wait_until(lambda: _epoch_at_least(http, world, record.epoch), 10, "the canary change")
+        colors = []
+        for i in range(30):
+            body_pairs = {"pairs": pairs(f"split{i}")}
+            _, _, first = await post(http, world.gateway.url, "/v1/similarity", body_pairs, GB)
+            _, _, again = await post(http, world.gateway.url, "/v1/similarity", body_pairs, GB)
+            assert first["X-Color"] == again["X-Color"]  # sticky: the same call lands on the same color
+            colors.append(first["X-Color"])
+        assert 5 <= colors.count("green") <= 25, colors
+        await Registry(store).set_canary(0, who="test", why="done")
+    finally:
+        await store.close()
+        green.stop()
+
+
+async def _epoch_at_least(http: aiohttp.ClientSession, world: World, epoch: int) -> bool:
+    async with http.get(world.gateway.url + "/readyz") as resp:
+        return int((await resp.json())["epoch"]) >= epoch
