@@ -52,7 +52,7 @@ async def serve(config: GatewayConfig, topology: Topology) -> int:
     await _refresh_nodes(topology, heartbeats, health, balancer)
     refresher = asyncio.create_task(_keep_refreshing(topology, heartbeats, health, balancer), name="node-refresh")
     caching = config.cache_ttl_s > 0
-    options = {"namespace": config.namespace, "ttl_s": config.cache_ttl_s}
+    options = {"namespace": config.namespace, "ttl_s": config.cache_ttl_s, "local_items": config.cache_local_items}
     geoip_db = config.geoip_db or (str(default_output()) if default_output().is_file() else None)
     log.info("GeoIP database: %s", geoip_db or "none (every client is in the default region)")
     geo = GeoResolver(db_path=geoip_db, countries=topology.countries, default_region=config.home_default,

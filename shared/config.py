@@ -147,6 +147,7 @@ class GatewayConfig:
     max_chars: int = _opt(DEFAULT_MAX_CHARS, "characters allowed in one address")
     max_body_bytes: int = _opt(DEFAULT_MAX_BODY_BYTES, "request body size limit (413 above)")
     cache_ttl_s: float = _opt(86_400.0, "result cache entry lifetime (0: no caching)")
+    cache_local_items: int = _opt(10_000, "results kept in this process in front of the shared cache (0: none)")
     drain_timeout_s: float = _opt(DEFAULT_DRAIN_TIMEOUT_S, "on SIGTERM, how long in-flight calls may take")
     log_level: str = _opt("info", "debug, info, warning or error")
     log_json: bool = _opt(True, "log JSON lines (false: plain text)")

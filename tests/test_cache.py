@@ -126,7 +126,7 @@ async def test_values_over_the_size_cap_are_not_cached(store: Store) -> None:
 async def test_a_dead_store_degrades_to_misses(tmp_path: Path) -> None:
     server = RedisServer(tmp_path)
     store = RedisStore(server.url)
-    cache = ResultCache.for_similarity(store)
+    cache = ResultCache.for_similarity(store, local_items=0)
     model = Model()
     try:
         await cache.lookup(V1, pairs(3), model)
@@ -150,7 +150,7 @@ async def _commands(url: str) -> dict[str, int]:
 
 async def test_a_batch_is_one_mget_and_one_pipeline_on_redis(redis_server: RedisServer) -> None:
     store = RedisStore(redis_server.url)
-    cache = ResultCache.for_similarity(store)
+    cache = ResultCache.for_similarity(store, local_items=0)
     try:
         await cache.lookup(V1, pairs(64), Model())
         await cache.lookup(V1, pairs(64), Model())
@@ -165,7 +165,7 @@ async def test_reads_from_a_replica_writes_to_the_primary(tmp_path: Path) -> Non
     primary = RedisServer(tmp_path)
     replica = RedisServer(tmp_path, replica_of=primary)
     store = RedisStore(primary.url, read_url=replica.url)
-    cache = ResultCache.for_similarity(store)
+    cache = ResultCache.for_similarity(store, local_items=0)
     model = Model()
     try:
         await cache.lookup(V1, pairs(8), model)  # misses: read on the replica, written to the primary
@@ -183,3 +183,23 @@ async def test_reads_from_a_replica_writes_to_the_primary(tmp_path: Path) -> Non
         replica.stop()
         primary.stop()
 
+
+
+async def test_hot_items_are_served_from_the_local_lru_without_a_round_trip(redis_server: RedisServer) -> None:
+    store = RedisStore(redis_server.url)
+    mine = ResultCache.for_similarity(store, local_items=10)
+    other_gateway = ResultCache.for_similarity(store, local_items=10)
+    model = Model()
+    try:
+        first = await mine.lookup(V1, pairs(4), model)
+        mgets = (await _commands(redis_server.url)).get("mget", 0)
+        again = await mine.lookup(V1, pairs(4), model)
+        assert again.status == "hit" and again.results == first.results
+        assert (await _commands(redis_server.url)).get("mget", 0) == mgets  # not even one MGET
+        shared = await other_gateway.lookup(V1, pairs(4), model)  # another gateway: from Redis
+        assert shared.status == "hit" and len(model.calls) == 1
+        assert await mine.get_many(V2, pairs(4)) == [None] * 4  # the LRU keys carry the version too
+        await mine.lookup(V1, pairs(30, "more"), model)
+        assert len(mine._local) == 10  # bounded
+    finally:
+        await store.close()
