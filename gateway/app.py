@@ -61,8 +61,8 @@ async def _middleware(request: web.Request, handler: Handler) -> web.StreamRespo
     name = resource.canonical if resource is not None else "unmatched"
     elapsed = time.perf_counter() - started
     served = (route.served or gw.config.region) if route else ""
-    gw.metrics.requests.labels(name, str(response.status), served, route.color if route else "").inc()
-    gw.metrics.latency.labels(name).observe(elapsed)
+    gw.metrics.request_count(name, str(response.status), served, route.color if route else "").inc()
+    gw.metrics.request_latency(name).observe(elapsed)
     if gw.config.access_log and name not in ("/metrics", "/healthz", "/readyz"):
         access.info("%s %s %d", request.method, request.path, response.status, extra={
             "request_id": rid, "status": response.status, "ms": round(elapsed * 1000, 2), "client": request.remote,

@@ -9,6 +9,7 @@ default region.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ def parse_networks(text: str) -> tuple[IPNetwork, ...]:
     return tuple(ipaddress.ip_network(part.strip(), strict=False) for part in text.split(",") if part.strip())
 
 
+@functools.lru_cache(maxsize=65_536)
 def _ip(text: str) -> IPAddress | None:
     try:
         ip = ipaddress.ip_address(text.strip().strip("[]"))
@@ -59,6 +61,7 @@ class GeoResolver:
         self.default_region = default_region
         self.trusted = trusted_proxies
         self.cdn_header = cdn_country_header
+        self._trust_cache: dict[IPAddress, bool] = {}  # the same few proxies ask every time
         self._reader: Any = None
         self._city = False
         if db_path:
@@ -73,7 +76,14 @@ class GeoResolver:
             self._reader.close()
 
     def _trusted(self, ip: IPAddress | None) -> bool:
-        return ip is not None and any(ip in net for net in self.trusted)
+        if ip is None or not self.trusted:
+            return False
+        found = self._trust_cache.get(ip)
+        if found is None:
+            if len(self._trust_cache) > 65_536:
+                self._trust_cache.clear()
+            found = self._trust_cache[ip] = any(ip in net for net in self.trusted)
+        return found
 
     def client_ip(self, peer: str | None, forwarded_for: list[str]) -> IPAddress | None:
         ip = _ip(peer) if peer else None

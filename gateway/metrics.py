@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["GatewayMetrics"]
+__all__ = ["GatewayMetrics", "children"]
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def children(metric: Any) -> Callable[..., Any]:
+    """``metric.labels`` memoized: the same few label sets are asked for on every call,
+    and prometheus-client's lookup takes a lock and builds tuples each time."""
+    cache: dict[tuple[str, ...], Any] = {}
+
+    def child(*values: str) -> Any:
+        found = cache.get(values)
+        if found is None:
+            found = cache[values] = metric.labels(*values)
+        return found
+
+    return child
 
 
 class GatewayMetrics:
@@ -38,3 +55,8 @@ class GatewayMetrics:
         self.version_mismatch = Counter("geogate_gateway_version_mismatch",
                                         "answers rejected because X-Model-Version differed (fencing)", ["region"],
                                         registry=r)
+        self.request_count = children(self.requests)
+        self.request_latency = children(self.latency)
+        self.cache_items = children(self.cache)
+        self.attempt_count = children(self.upstream_attempts)
+        self.attempt_latency = children(self.upstream_latency)

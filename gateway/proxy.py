@@ -115,8 +115,8 @@ class Gateway:
             route.cache = "miss"
             return results
         found: Lookup[R] = await cache.lookup(route.version, items, compute)
-        self.metrics.cache.labels(task, "hit").inc(found.hits)
-        self.metrics.cache.labels(task, "miss").inc(len(items) - found.hits)
+        self.metrics.cache_items(task, "hit").inc(found.hits)
+        self.metrics.cache_items(task, "miss").inc(len(items) - found.hits)
         route.cache = found.status
         return found.results
 

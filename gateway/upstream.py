@@ -192,11 +192,11 @@ class Upstream:
         finally:
             node.outstanding -= 1
         elapsed = time.perf_counter() - started
-        self.metrics.upstream_latency.labels(region).observe(elapsed)
+        self.metrics.attempt_latency(region).observe(elapsed)
         if status == 200 and served == version:
             self.health.call_succeeded(node, elapsed * 1000)
             self._latencies.setdefault(region, deque(maxlen=256)).append(elapsed)
-            self.metrics.upstream_attempts.labels(region, "ok").inc()
+            self.metrics.attempt_count(region, "ok").inc()
             return body, ""
         if status == 200:
             self.metrics.version_mismatch.labels(region).inc()
@@ -204,14 +204,14 @@ class Upstream:
             node.model_version = served  # so the balancer stops choosing it until a probe says otherwise
             return None, "version-mismatch"
         if status == 429:
-            self.metrics.upstream_attempts.labels(region, "overloaded").inc()
+            self.metrics.attempt_count(region, "overloaded").inc()
             return None, "429"
         if status >= 500:
             self._failed(node, f"status {status}")
             return None, f"status {status}"
-        self.metrics.upstream_attempts.labels(region, "rejected").inc()
+        self.metrics.attempt_count(region, "rejected").inc()
         raise NodeRejected(status, body)
 
     def _failed(self, node: NodeState, reason: str) -> None:
-        self.metrics.upstream_attempts.labels(node.spec.region, "failed").inc()
+        self.metrics.attempt_count(node.spec.region, "failed").inc()
         self.health.call_failed(node, reason)

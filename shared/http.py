@@ -4,8 +4,8 @@ and the one place where errors become the JSON error shape."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
-import uuid
 
 from aiohttp import web
 
@@ -41,7 +41,7 @@ def request_id(request: web.Request) -> str:
     rid: str | None = request.get(REQUEST_ID)
     if rid is None:
         given = request.headers.get("X-Request-ID", "")
-        rid = given if _REQUEST_ID_RE.match(given) else uuid.uuid4().hex
+        rid = given if given and _REQUEST_ID_RE.match(given) else os.urandom(16).hex()
         request[REQUEST_ID] = rid
     return rid
 

@@ -36,6 +36,9 @@ def behaving(kind: str) -> web.Application:
             await asyncio.sleep(30)
         if kind == "500":
             return web.Response(status=500, text="boom")
+        if kind == "broken":  # up, right version, wrong answers (say, corrupted weights)
+            body = json.dumps({"results": [{"score": 0.1, "label": "not_match"}], "model_version": V}).encode()
+            return web.Response(body=body, content_type="application/json", headers={"X-Model-Version": V})
         if kind == "422":
             return web.json_response({"error": {"code": "invalid_request", "message": "no", "request_id": "r"}},
                                      status=422)
@@ -185,3 +188,17 @@ async def test_hedge_delay_follows_the_regions_recent_p95(session: aiohttp.Clien
     finally:
         await fleet.close()
     assert Upstream(GatewayConfig(), session, upstream.health, upstream.balancer, fleet.metrics).hedge_delay("x") == 0
+
+
+async def test_the_deep_probe_takes_out_a_node_that_answers_wrongly(session: aiohttp.ClientSession) -> None:
+    fleet = Fleet(GatewayConfig())
+    upstream = await fleet.start({"broken": ("home", "broken"), "good": ("home", "ok")}, session)
+    try:
+        nodes = {n.url: n for n in upstream.health.nodes.values()}
+        for node in nodes.values():
+            await upstream.health.deep_probe(node)
+        broken = next(n for n in nodes.values() if fleet.calls("broken") and n.deep_ok is False)
+        assert not broken.available(0) and sum(n.deep_ok for n in nodes.values()) == 1
+        assert upstream.balancer.candidates("home", "blue", V) == [n for n in nodes.values() if n.deep_ok]
+    finally:
+        await fleet.close()
