@@ -2,28 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import generate_latest
 
 from gateway.openapi import OPENAPI
 from gateway.proxy import GATEWAY, Gateway, Route, add_routes
-from gateway.upstream import NodeRejected
-from shared.errors import GeogateError
-from shared.http import error_response, from_http_exception, json_response, request_id
+from shared.http import Handler, guarded, json_response, request_id
 from shared.schemas import encode
 
 __all__ = ["create_app"]
 
 log = logging.getLogger("geogate.gateway.http")
 access = logging.getLogger("geogate.gateway.access")
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
 
 def create_app(gateway: Gateway) -> web.Application:
     app = web.Application(middlewares=[_middleware], client_max_size=gateway.config.max_body_bytes + 1)
@@ -41,19 +34,7 @@ async def _middleware(request: web.Request, handler: Handler) -> web.StreamRespo
     """Request id, the JSON error shape, metrics and the access log, in one pass."""
     started = time.perf_counter()
     rid = request_id(request)
-    try:
-        response = await handler(request)
-    except NodeRejected as exc:  # the node's own 4xx, in our error shape already
-        response = json_response(exc.body, exc.status)
-    except GeogateError as exc:
-        response = error_response(exc, rid)
-    except web.HTTPException as exc:
-        response = error_response(from_http_exception(exc), rid)
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        log.exception("unhandled error on %s %s (request %s)", request.method, request.path, rid)
-        response = error_response(GeogateError("internal error"), rid)
+    response = await guarded(handler, request, rid, log)
     response.headers["X-Request-ID"] = rid
     gw = request.app[GATEWAY]
     route: Route | None = request.get("route")

@@ -42,7 +42,8 @@ class Answer:
 
 
 class NodeRejected(GeogateError):
-    """The node refused the request itself (a 4xx other than 429): passed to the client."""
+    """The node refused the request itself (a 4xx other than 429): its error body is
+    passed to the client as is."""
 
     def __init__(self, status: int, body: bytes) -> None:
         super().__init__(f"node answered {status}")

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
 
 import msgspec
 from aiohttp import web
 
 from node.metrics import NodeMetrics
 from node.service import NodeService
-from shared.errors import GeogateError
 from shared.http import (
+    Handler,
     deadline,
-    error_response,
-    from_http_exception,
+    guarded,
     json_response,
     read_body,
     request_id,
@@ -43,9 +40,6 @@ log = logging.getLogger("geogate.node.http")
 SERVICE = web.AppKey("service", NodeService)
 METRICS = web.AppKey("metrics", NodeMetrics)
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
 def create_app(service: NodeService) -> web.Application:
     cfg = service.config
     # aiohttp's own limit sits just above ours so that read_body, not aiohttp, words the 413.
@@ -69,17 +63,7 @@ async def _middleware(request: web.Request, handler: Handler) -> web.StreamRespo
     """Request id, the JSON error shape, identity headers and request metrics, in one pass."""
     started = time.perf_counter()
     rid = request_id(request)
-    try:
-        response = await handler(request)
-    except GeogateError as exc:
-        response = error_response(exc, rid)
-    except web.HTTPException as exc:
-        response = error_response(from_http_exception(exc), rid)
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        log.exception("unhandled error on %s %s (request %s)", request.method, request.path, rid)
-        response = error_response(GeogateError("internal error"), rid)
+    response = await guarded(handler, request, rid, log)
     service = request.app[SERVICE]
     headers = response.headers
     headers["X-Request-ID"] = rid

@@ -61,6 +61,7 @@ class GeogateError(Exception):
     # them when it stands for a foreign error (an aiohttp HTTPException, say).
     status: int = 500
     code: str = "internal"
+    body: bytes | None = None  # a ready JSON error body to pass on as is (a node's own 4xx)
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

@@ -4,8 +4,10 @@ and the one place where errors become the JSON error shape."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -25,10 +27,13 @@ __all__ = [
     "deadline",
     "error_response",
     "from_http_exception",
+    "guarded",
     "json_response",
     "read_body",
     "request_id",
 ]
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 JSON = "application/json"
 REQUEST_ID = "geogate.request_id"
@@ -79,7 +84,23 @@ def json_response(body: bytes, status: int = 200, headers: dict[str, str] | None
 
 
 def error_response(exc: GeogateError, rid: str) -> web.Response:
-    return json_response(error_body(exc.code, exc.message, rid), exc.status, exc.headers() or None)
+    body = exc.body if exc.body is not None else error_body(exc.code, exc.message, rid)
+    return json_response(body, exc.status, exc.headers() or None)
+
+
+async def guarded(handler: Handler, request: web.Request, rid: str, log: logging.Logger) -> web.StreamResponse:
+    """The handler's response, or its error in the JSON error shape: never a bare 500."""
+    try:
+        return await handler(request)
+    except GeogateError as exc:
+        return error_response(exc, rid)
+    except web.HTTPException as exc:
+        return error_response(from_http_exception(exc), rid)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unhandled error on %s %s (request %s)", request.method, request.path, rid)
+        return error_response(GeogateError("internal error"), rid)
 
 
 def from_http_exception(exc: web.HTTPException) -> GeogateError:
