@@ -125,6 +125,16 @@ class Upstream:
             task = asyncio.create_task(self._attempt(node, path, payload, version, deadline, request_id))
             running[task] = node
 
+        if hedge_after <= 0:  # the common case: one attempt at a time, no task per attempt
+            while attempts < self.config.max_attempts and (node := next_node()) is not None:
+                if attempts:
+                    self._spend_retry(errors)
+                attempts += 1
+                body, error = await self._attempt(node, path, payload, version, deadline, request_id)
+                if body is not None:
+                    return Answer(body, node.spec.region, node.url, attempts)
+                errors.append(f"{node.spec.region}/{node.url}: {error}")
+            raise Unavailable(f"no node answered ({'; '.join(errors) or 'no candidates'})", retry_after_s=1)
         try:
             while True:
                 if not running:
@@ -132,10 +142,7 @@ class Upstream:
                     if node is None:
                         break
                     if attempts:
-                        if not self.budget.allow_retry():
-                            self.metrics.retry_budget_exhausted.inc()
-                            raise Unavailable(f"retry budget exhausted after: {'; '.join(errors)}", retry_after_s=1)
-                        self.metrics.retries.inc()
+                        self._spend_retry(errors)
                     launch(node)
                 hedging = hedge_after > 0 and len(running) == 1 and attempts < self.config.max_attempts
                 done, _ = await asyncio.wait(running, timeout=hedge_after if hedging else None,
@@ -158,6 +165,12 @@ class Upstream:
             for task in running:
                 task.cancel()
         raise Unavailable(f"no node answered ({'; '.join(errors) or 'no candidates'})", retry_after_s=1)
+
+    def _spend_retry(self, errors: list[str]) -> None:
+        if not self.budget.allow_retry():
+            self.metrics.retry_budget_exhausted.inc()
+            raise Unavailable(f"retry budget exhausted after: {'; '.join(errors)}", retry_after_s=1)
+        self.metrics.retries.inc()
 
     def hedge_delay(self, region: str) -> float:
         """Seconds before a twin is sent (0: no hedging): ``hedge_after_ms``, or with
