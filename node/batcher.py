@@ -7,11 +7,17 @@ larger than a batch are cut into chunks. Two batches may be in flight: one being
 tokenized on the preparation thread while the other runs on the device thread, which
 keeps the device busy while the next batch forms. Items whose deadline has passed, or
 whose caller gave up, are dropped before they are computed.
+
+When the queue is deeper than one batch and the batcher knows item lengths, it groups
+similar lengths: the oldest entry always goes in the next batch (nobody starves), and
+the rest of that batch is filled from the next few batches' worth of entries by
+closeness in length, so a batch pads its short inputs to a long one less often.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections import deque
@@ -31,6 +37,7 @@ I = TypeVar("I")
 R = TypeVar("R")
 
 PIPELINE_DEPTH = 2  # batches in flight: one preparing, one on the device
+LENGTH_WINDOW = 4  # length grouping looks this many batches' worth of entries ahead
 
 
 class BatchObserver:
@@ -48,6 +55,7 @@ class _Entry(Generic[I, R]):
     future: asyncio.Future[Sequence[R]]
     deadline: float  # loop time
     enqueued: float = field(default=0.0)
+    length: int = 0  # its longest item, when the batcher knows how to measure items
 
 
 class Batcher(Generic[I, R]):
@@ -63,6 +71,7 @@ class Batcher(Generic[I, R]):
         device_executor: Executor,
         observer: BatchObserver | None = None,
         before_run: Callable[[], None] | None = None,
+        length: Callable[[I], int] | None = None,
     ) -> None:
         self.task = task
         self._runner = runner
@@ -73,6 +82,7 @@ class Batcher(Generic[I, R]):
         self._device_pool = device_executor
         self._observer = observer or BatchObserver()
         self._before_run = before_run
+        self._length = length
         self._queue: deque[_Entry[I, R]] = deque()
         self._queued_items = 0
         self._wakeup = asyncio.Event()
@@ -109,7 +119,9 @@ class Batcher(Generic[I, R]):
         now = loop.time()
         entries = []
         for start in range(0, len(items), self._max_batch):
-            entry: _Entry[I, R] = _Entry(items[start : start + self._max_batch], loop.create_future(), deadline, now)
+            chunk = items[start : start + self._max_batch]
+            longest = max(map(self._length, chunk)) if self._length is not None else 0
+            entry: _Entry[I, R] = _Entry(chunk, loop.create_future(), deadline, now, longest)
             entries.append(entry)
             self._queue.append(entry)
         self._queued_items += len(items)
@@ -169,6 +181,9 @@ class Batcher(Generic[I, R]):
             task.add_done_callback(self._in_flight.discard)
 
     async def _form_batch(self, loop: asyncio.AbstractEventLoop) -> list[_Entry[I, R]]:
+        self._drop_dead(loop.time())
+        if self._length is not None and self._queued_items > self._max_batch:
+            return self._take_similar()
         batch: list[_Entry[I, R]] = []
         size = 0
         while size < self._max_batch:
@@ -191,6 +206,23 @@ class Batcher(Generic[I, R]):
             except TimeoutError:
                 break
         return batch
+
+    def _take_similar(self) -> list[_Entry[I, R]]:
+        """The oldest entry plus the entries closest to it in length (queue is deep)."""
+        head = self._queue[0]
+        window = itertools.islice(self._queue, 1, self._max_batch * LENGTH_WINDOW)
+        chosen, size = [head], len(head.items)
+        for entry in sorted(window, key=lambda e: abs(e.length - head.length)):
+            if size + len(entry.items) <= self._max_batch and not entry.future.done():
+                chosen.append(entry)
+                size += len(entry.items)
+                if size == self._max_batch:
+                    break
+        taken = set(map(id, chosen))
+        self._queue = deque(e for e in self._queue if id(e) not in taken)
+        for entry in chosen:
+            self._take(entry)
+        return chosen
 
     def _take(self, entry: _Entry[I, R]) -> None:
         self._queued_items -= len(entry.items)

@@ -104,6 +104,7 @@ class NodeService:
                 device_executor=self._device_pool,
                 observer=self.metrics,
                 before_run=self.faults.before_inference if self.faults.active else None,
+                length=_pair_length if task == "similarity" else len,
             )
             batcher.start()
             self._batchers[task] = batcher
@@ -172,3 +173,7 @@ class NodeService:
             "allocated": int(torch.cuda.memory_allocated(self.model.device)),
             "reserved": int(torch.cuda.memory_reserved(self.model.device)),
         }
+
+
+def _pair_length(pair: Pair) -> int:
+    return len(pair[0]) + len(pair[1])

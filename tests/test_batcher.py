@@ -167,3 +167,45 @@ async def test_drain_finishes_accepted_work_and_refuses_new(pools: tuple[ThreadP
     assert await drain is True
     assert [await a for a in accepted] == [[i * 10] for i in range(5)]
     await b.close()
+
+
+async def _interleaved_run(pools: tuple[ThreadPoolExecutor, ThreadPoolExecutor], grouped: bool) -> list[list[int]]:
+    """Short (1..8) and long (100..107) inputs arrive interleaved while the device is busy."""
+    runner, obs = RecordingRunner(), Counting()
+    runner.gate.clear()
+    b: Batcher[int, int] = Batcher(
+        "t", runner, max_batch_size=4, max_wait_s=0.01, max_queue=100, prepare_executor=pools[0],
+        device_executor=pools[1], observer=obs, length=(lambda x: x) if grouped else None,
+    )
+    b.start()
+    try:
+        blocker = asyncio.create_task(b.submit([0], far()))
+        await wait_until(runner.entered.is_set, 5, "the device to be busy")
+        values = [v for i in range(8) for v in (1 + i, 100 + i)]
+        calls = [asyncio.create_task(b.submit([v], far())) for v in values]
+        await wait_until(lambda: b.queue_depth >= 12, 5, "the queue to fill")
+        runner.gate.set()
+        results = await asyncio.gather(blocker, *calls)
+        assert [r[0] for r in results[1:]] == [v * 10 for v in values]  # every caller got its own answer
+        return [batch for batch in runner.batches if 0 not in batch]
+    finally:
+        await b.close()
+
+
+async def test_a_deep_queue_is_batched_by_length_and_the_oldest_goes_first(
+    pools: tuple[ThreadPoolExecutor, ThreadPoolExecutor],
+) -> None:
+    def homogeneous(batches: list[list[int]]) -> int:
+        return sum(1 for batch in batches if len(batch) == 4 and max(batch) - min(batch) < 50)
+
+    grouped = await _interleaved_run(pools, grouped=True)
+    fifo = await _interleaved_run(pools, grouped=False)
+    assert homogeneous(fifo) == 0, fifo  # arrival order mixes them
+    assert homogeneous(grouped) >= 2, grouped  # shorts with shorts, longs with longs
+    # The oldest waiting input is never passed over: the first queued item (1) leaves in
+    # the first batch formed, and every batch holds the oldest item still waiting then.
+    assert 1 in grouped[0]
+    waiting = [v for i in range(8) for v in (1 + i, 100 + i)]
+    for batch in grouped:
+        assert waiting[0] in batch, (batch, waiting)
+        waiting = [v for v in waiting if v not in batch]
