@@ -21,6 +21,7 @@ from gateway.cache import ResultCache
 from gateway.geo import GeoResolver, parse_networks
 from gateway.geoip_build import default_output
 from gateway.health import HealthChecker
+from gateway.http1 import Http1Pool
 from gateway.metrics import GatewayMetrics
 from gateway.proxy import Gateway
 from gateway.topology import NodeSpec, Topology
@@ -46,7 +47,8 @@ async def serve(config: GatewayConfig, topology: Topology) -> int:
     client_ssl = ssl.create_default_context(cafile=config.upstream_ca) if config.upstream_ca else None
     connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ssl=client_ssl if client_ssl else True)
     session = aiohttp.ClientSession(connector=connector)
-    health = HealthChecker(config, session, metrics)
+    health = HealthChecker(config, session, metrics)  # probes: aiohttp (low rate, full client)
+    upstream_client = Http1Pool(ssl_context=client_ssl, connect_timeout_s=config.connect_timeout_ms / 1000)
     balancer = Balancer(topology, health)
     heartbeats = Heartbeats(stores.registry, namespace=config.namespace)
     await _refresh_nodes(topology, heartbeats, health, balancer)
@@ -60,7 +62,7 @@ async def serve(config: GatewayConfig, topology: Topology) -> int:
                       cdn_country_header=config.cdn_country_header)
     gateway = Gateway(
         config=config, geo=geo, watcher=watcher, balancer=balancer,
-        upstream=Upstream(config, session, health, balancer, metrics), metrics=metrics,
+        upstream=Upstream(config, upstream_client, health, balancer, metrics), metrics=metrics,
         similarity_cache=ResultCache.for_similarity(stores.cache, **options) if caching else None,
         parse_cache=ResultCache.for_parse(stores.cache, **options) if caching else None,
     )
@@ -90,6 +92,7 @@ async def serve(config: GatewayConfig, topology: Topology) -> int:
     await health.close()
     await watcher.close()
     await session.close()
+    await upstream_client.close()
     await stores.close()
     geo.close()
     log.info("stopped")

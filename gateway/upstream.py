@@ -1,4 +1,4 @@
-"""The fenced call to a node: pooled keep-alive session, timeouts, retries elsewhere.
+"""The fenced call to a node: pooled keep-alive connections, timeouts, retries elsewhere.
 
 An attempt fails on a connect error, a timeout, a 5xx, a 429, or an answer whose
 ``X-Model-Version`` is not the registry snapshot's (fencing: a node of the wrong version
@@ -17,10 +17,9 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-import aiohttp
-
 from gateway.balancer import Balancer, Plan
 from gateway.health import HealthChecker, NodeState
+from gateway.http1 import Http1Error, Http1Pool
 from gateway.metrics import GatewayMetrics
 from shared.config import GatewayConfig
 from shared.errors import DeadlineExceeded, GeogateError, Unavailable
@@ -80,10 +79,10 @@ class RetryBudget:
 
 
 class Upstream:
-    def __init__(self, config: GatewayConfig, session: aiohttp.ClientSession, health: HealthChecker,
+    def __init__(self, config: GatewayConfig, client: Http1Pool, health: HealthChecker,
                  balancer: Balancer, metrics: GatewayMetrics) -> None:
         self.config = config
-        self.session = session
+        self.client = client
         self.health = health
         self.balancer = balancer
         self.metrics = metrics
@@ -189,22 +188,20 @@ class Upstream:
         remaining = deadline - asyncio.get_running_loop().time()
         if remaining <= 0:
             raise DeadlineExceeded("the deadline passed before a node answered")
-        timeout = aiohttp.ClientTimeout(total=min(self.config.attempt_timeout_ms / 1000, remaining),
-                                        sock_connect=self.config.connect_timeout_ms / 1000)
         headers = {"Content-Type": "application/json", "X-Request-ID": request_id,
                    "X-Deadline-Ms": str(max(1, int(remaining * 1000)))}
         region = node.spec.region
         node.outstanding += 1
         started = time.perf_counter()
         try:
-            async with self.session.post(node.url + path, data=payload, headers=headers, timeout=timeout) as resp:
-                body = await resp.read()
-                status, served = resp.status, resp.headers.get("X-Model-Version")
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            answer = await self.client.request("POST", node.url, path, payload, headers,
+                                               min(self.config.attempt_timeout_ms / 1000, remaining))
+        except (Http1Error, TimeoutError, OSError) as exc:
             self._failed(node, type(exc).__name__)
             return None, type(exc).__name__
         finally:
             node.outstanding -= 1
+        status, body, served = answer.status, answer.body, answer.headers.get("x-model-version")
         elapsed = time.perf_counter() - started
         self.metrics.attempt_latency(region).observe(elapsed)
         if status == 200 and served == version:

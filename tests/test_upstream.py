@@ -14,6 +14,7 @@ from aiohttp import web
 
 from gateway.balancer import Balancer, Plan
 from gateway.health import HealthChecker, NodeState
+from gateway.http1 import Http1Pool
 from gateway.metrics import GatewayMetrics
 from gateway.topology import NodeSpec, Topology
 from gateway.upstream import NodeRejected, RetryBudget, Upstream
@@ -72,12 +73,15 @@ class Fleet:
             url = f"http://127.0.0.1:{port}"
             self.apps[name] = app
             health.nodes[url] = NodeState(NodeSpec(region, "blue", url), healthy=True, model_version=V)
-        return Upstream(self.config, session, health, Balancer(Topology(), health), self.metrics)
+        self.client = Http1Pool(connect_timeout_s=self.config.connect_timeout_ms / 1000)
+        return Upstream(self.config, self.client, health, Balancer(Topology(), health), self.metrics)
 
     def calls(self, name: str) -> int:
         return len(self.apps[name]["calls"])
 
     async def close(self) -> None:
+        if hasattr(self, "client"):
+            await self.client.close()
         for runner in self.runners:
             await runner.cleanup()
 
@@ -187,7 +191,7 @@ async def test_hedge_delay_follows_the_regions_recent_p95(session: aiohttp.Clien
         assert upstream.hedge_delay("home") == 0.5
     finally:
         await fleet.close()
-    assert Upstream(GatewayConfig(), session, upstream.health, upstream.balancer, fleet.metrics).hedge_delay("x") == 0
+    assert Upstream(GatewayConfig(), Http1Pool(), upstream.health, upstream.balancer, fleet.metrics).hedge_delay("x") == 0
 
 
 async def test_the_deep_probe_takes_out_a_node_that_answers_wrongly(session: aiohttp.ClientSession) -> None:
