@@ -47,7 +47,7 @@ async def _middleware(request: web.Request, handler: Handler) -> web.StreamRespo
     if gw.config.access_log and name not in ("/metrics", "/healthz", "/readyz"):
         access.info("%s %s %d", request.method, request.path, response.status, extra={
             "request_id": rid, "status": response.status, "ms": round(elapsed * 1000, 2), "client": request.remote,
-            "home": route.plan.home if route else None, "served": served or None,
+            "home": route.geo.region if route else None, "served": served or None,
             "cache": route.cache if route else None, "attempts": route.attempts if route else None,
         })
     return response

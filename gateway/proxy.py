@@ -24,7 +24,7 @@ from gateway.upstream import Upstream
 from shared.config import GatewayConfig
 from shared.errors import ModelError, Unavailable
 from shared.http import deadline, read_body, request_id
-from shared.registry import RegistryWatcher
+from shared.registry import RegistryRecord, RegistryWatcher
 from shared.schemas import (
     CompatParseRequest,
     CompatParseResponse,
@@ -55,7 +55,8 @@ class Route:
     geo: ClientGeo
     color: str
     version: str
-    plan: Plan
+    snapshot: RegistryRecord
+    plan: Plan | None = None  # made only when something misses the cache
     served: str | None = None
     attempts: int = 0
     cache: str = "miss"
@@ -63,8 +64,8 @@ class Route:
 
     def header(self, gateway_region: str) -> str:
         served = self.served or gateway_region
-        reason = "cache" if self.served is None else self.plan.reason_for(served)
-        return f"home={self.plan.home}; served={served}; attempts={self.attempts}; reason={reason}"
+        reason = "cache" if self.served is None or self.plan is None else self.plan.reason_for(served)
+        return f"home={self.geo.region}; served={served}; attempts={self.attempts}; reason={reason}"
 
 
 @dataclass
@@ -92,17 +93,18 @@ class Gateway:
         info = snapshot.colors.get(color)
         if info is None:
             raise Unavailable(f"color {color!r} is not registered in the registry")
-        geo = self.geo.resolve(request.remote, request.headers)
-        plan = self.balancer.plan(geo.region, snapshot, color, info.model_version)
-        return Route(geo, color, info.model_version, plan)
+        return Route(self.geo.resolve(request.remote, request.headers), color, info.model_version, snapshot)
 
     async def fetch(self, path: str, payload: object, response_type: type[Any], route: Route, request: web.Request,
                     call_deadline: float) -> Any:
-        answer = await self.upstream.call(path, encode(payload), route.plan, route.color, route.version,
-                                          call_deadline, request_id(request))
+        if route.plan is None:
+            route.plan = self.balancer.plan(route.geo.region, route.snapshot, route.color, route.version)
+        plan = route.plan
+        answer = await self.upstream.call(path, encode(payload), plan, route.color, route.version, call_deadline,
+                                          request_id(request))
         route.served, route.attempts = answer.region, route.attempts + answer.attempts
-        if answer.region != route.plan.home:
-            self.metrics.failovers.labels(route.plan.home, answer.region, route.plan.reason_for(answer.region)).inc()
+        if answer.region != plan.home:
+            self.metrics.failovers.labels(plan.home, answer.region, plan.reason_for(answer.region)).inc()
         try:
             return msgspec.json.decode(answer.body, type=response_type)
         except msgspec.DecodeError as exc:
