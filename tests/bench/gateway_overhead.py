@@ -41,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -324,7 +325,9 @@ def run_load(url: str, args: argparse.Namespace) -> dict[str, object]:
     procs = [subprocess.Popen(_load_cmd(url, n, args.seconds, args.warmup), stdout=subprocess.PIPE, text=True)
              for n in share if n]
     try:
-        parts = [_finish(p, args.seconds + args.warmup + 60) for p in procs]
+        # Read every process's output at once: one left unread fills its pipe and stalls.
+        with ThreadPoolExecutor(len(procs)) as pool:
+            parts = list(pool.map(lambda p: _finish(p, args.seconds + args.warmup + 60), procs))
     finally:
         for p in procs:
             if p.poll() is None:
