@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 from aiohttp import web
@@ -67,7 +68,7 @@ async def readyz(request: web.Request) -> web.Response:
         if version and gw.balancer.candidates(region, snapshot.active_color, version)
     ]
     ready = snapshot.epoch > 0 and bool(serving)
-    body = {"status": "ready" if ready else "not_ready", "epoch": snapshot.epoch, "active_color": snapshot.active_color,
+    body = {"status": "ready" if ready else "not_ready", "pid": os.getpid(), "epoch": snapshot.epoch, "active_color": snapshot.active_color,
             "model_version": version, "regions_serving": serving, "registry_age_s": round(gw.watcher.age_s, 3)}
     return json_response(encode(body), 200 if ready else 503)
 

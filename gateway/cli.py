@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import multiprocessing
+import os
 import sys
 
+from gateway.topology import Topology, load_topology
 from shared.config import ConfigError, GatewayConfig, add_arguments, build_config
 from shared.logs import setup_logging
 
@@ -26,8 +29,6 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def run(args: argparse.Namespace) -> int:
-    from gateway.topology import load_topology
-
     overrides = {k: v for k, v in vars(args).items() if k not in ("config", "run", "command")}
     try:
         config = build_config(GatewayConfig, section="gateway", file=args.config, overrides=overrides)
@@ -35,14 +36,35 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"geogate gateway: {exc}", file=sys.stderr)
         return 2
-    setup_logging(config.log_level, json_lines=config.log_json, region=config.region, service="gateway")
+    workers = []
+    if config.workers > 1:
+        # Every worker binds the same port with SO_REUSEPORT and the kernel spreads
+        # connections; each is a full gateway (own watcher, probes, pool and metrics).
+        spawn = multiprocessing.get_context("spawn")
+        workers = [spawn.Process(target=_serve, args=(config, topology), name=f"gateway-worker-{i}")
+                   for i in range(1, config.workers)]
+        for worker in workers:
+            worker.start()
+    code = _serve(config, topology)
+    for worker in workers:  # the first worker got the signal: pass it on, then wait
+        if worker.is_alive():
+            worker.terminate()
+    for worker in workers:
+        worker.join(config.drain_timeout_s + 5)
+        if worker.is_alive():
+            worker.kill()
+    logging.shutdown()
+    return code
+
+
+def _serve(config: GatewayConfig, topology: Topology) -> int:
+    setup_logging(config.log_level, json_lines=config.log_json, region=config.region, service="gateway",
+                  pid=str(os.getpid()))
     from gateway.server import serve
 
     try:
         import uvloop
 
-        code = uvloop.run(serve(config, topology))
+        return int(uvloop.run(serve(config, topology)))
     except ImportError:
-        code = asyncio.run(serve(config, topology))
-    logging.shutdown()
-    return code
+        return asyncio.run(serve(config, topology))

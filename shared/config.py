@@ -117,6 +117,7 @@ class GatewayConfig:
     region: str = _opt("local", "region this gateway runs in (also the default client region)")
     host: str = _opt("127.0.0.1", "address to listen on")
     port: int = _opt(DEFAULT_GATEWAY_PORT, "port to listen on")
+    workers: int = _opt(1, "processes serving the same port (SO_REUSEPORT); each keeps its own metrics")
     tls_cert: str | None = _opt(None, "PEM certificate (chain) for HTTPS; with tls_key")
     tls_key: str | None = _opt(None, "PEM private key for HTTPS")
     upstream_ca: str | None = _opt(None, "CA bundle to verify nodes served over HTTPS")
@@ -157,7 +158,7 @@ class GatewayConfig:
         _check(0 <= self.port <= 65535, "port", "must be 0..65535")
         _check(bool(self.region.strip()), "region", "must not be empty")
         _check((self.tls_cert is None) == (self.tls_key is None), "tls_cert", "tls_cert and tls_key go together")
-        for name in ("probe_interval_s", "eject_base_s", "max_batch", "max_chars", "max_body_bytes",
+        for name in ("workers", "probe_interval_s", "eject_base_s", "max_batch", "max_chars", "max_body_bytes",
                      "connect_timeout_ms", "attempt_timeout_ms", "max_attempts", "healthy_after",
                      "unhealthy_after", "eject_after", "default_deadline_ms"):
             _check(getattr(self, name) > 0, name, "must be positive")

@@ -358,3 +358,28 @@ async def test_canary_header_and_percent_route_to_the_preview_color(world: World
 async def _epoch_at_least(http: aiohttp.ClientSession, world: World, epoch: int) -> bool:
     async with http.get(world.gateway.url + "/readyz") as resp:
         return int((await resp.json())["epoch"]) >= epoch
+
+
+async def test_several_workers_share_one_port(world: World, http: aiohttp.ClientSession) -> None:
+    gateway = GatewayProcess(world.tmp, "--config", str(world.config), "--registry-url", world.redis.url,
+                             "--workers", "2")
+    pids: set[int] = set()
+    try:
+        await gateway.wait_ready()
+
+        async def both_answer() -> bool:
+            async with aiohttp.ClientSession() as fresh:  # a new connection each time
+                async with fresh.get(gateway.url + "/readyz") as resp:
+                    if resp.status == 200:
+                        pids.add(int((await resp.json())["pid"]))
+            return len(pids) == 2
+
+        await wait_until(both_answer, 30, "both workers to answer")
+        status, _, headers = await post(http, gateway.url, "/v1/similarity", {"pairs": pairs("workers")}, GB)
+        assert status == 200 and headers["X-Region"] == "eu-central"
+        gateway.signal(signal.SIGTERM)
+        assert gateway.wait_exit(40) == 0
+        for pid in pids:
+            await wait_until(lambda pid=pid: not Path(f"/proc/{pid}").exists(), 20, f"worker {pid} to exit")
+    finally:
+        gateway.stop()
