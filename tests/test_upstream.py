@@ -28,9 +28,11 @@ OK_BODY = json.dumps({"results": [{"score": 0.9, "label": "exact_match"}], "mode
 
 def behaving(kind: str) -> web.Application:
     calls: list[int] = []
+    seen: list[dict[str, str]] = []
 
     async def handler(request: web.Request) -> web.Response:
         calls.append(1)
+        seen.append(dict(request.headers))
         if kind == "slow":
             await asyncio.sleep(0.3)
         if kind == "hang":
@@ -49,6 +51,7 @@ def behaving(kind: str) -> web.Application:
     app = web.Application()
     app.router.add_post("/v1/similarity", handler)
     app["calls"] = calls
+    app["headers"] = seen
     return app
 
 
@@ -204,5 +207,17 @@ async def test_the_deep_probe_takes_out_a_node_that_answers_wrongly(session: aio
         broken = next(n for n in nodes.values() if fleet.calls("broken") and n.deep_ok is False)
         assert not broken.available(0) and sum(n.deep_ok for n in nodes.values()) == 1
         assert upstream.balancer.candidates("home", "blue", V) == [n for n in nodes.values() if n.deep_ok]
+    finally:
+        await fleet.close()
+
+
+async def test_the_deadline_and_request_id_travel_to_the_node(session: aiohttp.ClientSession) -> None:
+    fleet = Fleet(GatewayConfig())
+    upstream = await fleet.start({"good": ("home", "ok")}, session)
+    try:
+        await call(upstream, ["home"], deadline_s=2.5)
+        (headers,) = fleet.apps["good"]["headers"]
+        assert 2000 < int(headers["X-Deadline-Ms"]) <= 2500  # what is left of the caller's deadline
+        assert headers["X-Request-ID"] == "req-1"
     finally:
         await fleet.close()
