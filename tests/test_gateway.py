@@ -47,7 +47,8 @@ def write_config(path: Path, nodes: dict[str, NodeProcess], **gateway: object) -
                     "deep_probe_interval_s": 0, **gateway},
         "regions": {"cn-east": {"failover": ["eu-central"]}, "eu-central": {"failover": ["cn-east"]},
                     "cn-north": {"failover": ["cn-east", "eu-central"], "residency": ["cn-*"]}},
-        "countries": {"CN": "cn-east", "GB": "eu-central", "SE": "eu-central", "PH": "cn-north"},
+        "countries": {"CN": "cn-east", "GB": "eu-central", "SE": "eu-central", "PH": "cn-north", "JP": "cn-east",
+                      "FR": "eu-central"},
         "nodes": [{"region": r, "color": "blue", "url": n.url} for r, n in
                   (("cn-east", nodes["cn"]), ("eu-central", nodes["eu"]), ("eu-central", nodes["eu-wrong"]))],
     }))
@@ -108,6 +109,7 @@ async def test_clients_are_served_in_their_home_region(world: World, http: aioht
     # Every test-database country the map names (PH's cn-north has no node: see below),
     # a country it does not name (US) and an address the database does not know.
     for client, region in ((CN, "cn-east"), (GB, "eu-central"), ("89.160.20.128", "eu-central"),
+                           ("2001:218::1", "cn-east"), ("2a02:cfc0::1", "eu-central"),
                            ("216.160.83.56", "eu-central"), (UNKNOWN, "eu-central")):
         status, body, headers = await post(http, world.gateway.url, "/v1/similarity", {"pairs": pairs(client)}, client)
         assert status == 200, body
