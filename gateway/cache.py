@@ -166,10 +166,12 @@ class ResultCache(Generic[I, R]):
         (which gets only the misses, each distinct input once), then cached. A miss that
         another call is already computing waits for that call instead."""
         cached = await self.get_many(model_version, items)
-        results: list[R | None] = list(cached)
         hits = sum(r is not None for r in cached)
         self.stats.hits += hits
         self.stats.misses += len(items) - hits
+        if hits == len(items):  # the hot path: nothing to compute or wait for
+            return Lookup(cached, hits)  # type: ignore[arg-type]
+        results: list[R | None] = list(cached)
 
         mine: dict[str, I] = {}  # keys this call computes, first item of each
         waiting: dict[int, asyncio.Future[R]] = {}

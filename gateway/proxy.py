@@ -78,13 +78,17 @@ class Gateway:
     metrics: GatewayMetrics
     similarity_cache: ResultCache[tuple[str, str], SimilarityResult] | None
     parse_cache: ResultCache[str, ParseResult] | None
+    _snapshot: RegistryRecord | None = None
+    _preview: str | None = None
 
     def route(self, request: web.Request, items: object) -> Route:
         snapshot = self.watcher.snapshot
         if snapshot.epoch == 0:
             raise Unavailable("the version registry has not been read yet (no snapshot)", retry_after_s=1)
         color = snapshot.active_color
-        preview = snapshot.preview_color
+        if snapshot is not self._snapshot:  # the preview color changes with the snapshot only
+            self._snapshot, self._preview = snapshot, snapshot.preview_color
+        preview = self._preview
         if preview is not None:
             if request.headers.get("X-MGeo-Version", "").strip().lower() == "canary":
                 color = preview
