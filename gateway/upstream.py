@@ -12,10 +12,13 @@ budget. The client's remaining deadline travels as ``X-Deadline-Ms``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import deque
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.balancer import Balancer, Plan
 from gateway.health import HealthChecker, NodeState
@@ -107,6 +110,8 @@ class Upstream:
         errors: list[str] = []
         attempts = 0
         hedge_after = self.hedge_delay(plan.regions[0])
+        send = functools.partial(self._attempt, path=path, payload=payload, version=version, deadline=deadline,
+                                 request_id=request_id)
 
         def next_node() -> NodeState | None:
             for region in plan.regions:
@@ -116,54 +121,52 @@ class Upstream:
                     return node
             return None
 
-        running: dict[asyncio.Task[tuple[bytes | None, str]], NodeState] = {}
-
-        def launch(node: NodeState) -> None:
-            nonlocal attempts
+        while attempts < self.config.max_attempts and (node := next_node()) is not None:
+            if attempts:
+                self._spend_retry(errors)
             attempts += 1
-            task = asyncio.create_task(self._attempt(node, path, payload, version, deadline, request_id))
-            running[task] = node
+            if hedge_after > 0 and attempts < self.config.max_attempts:
+                node, body, twins = await self._hedged(node, next_node, hedge_after, send, errors)
+                attempts += twins
+            else:
+                body, error = await send(node)
+                if body is None:
+                    errors.append(f"{node.spec.region}/{node.url}: {error}")
+            if body is not None:
+                return Answer(body, node.spec.region, node.url, attempts)
+        raise Unavailable(f"no node answered ({'; '.join(errors) or 'no candidates'})", retry_after_s=1)
 
-        if hedge_after <= 0:  # the common case: one attempt at a time, no task per attempt
-            while attempts < self.config.max_attempts and (node := next_node()) is not None:
-                if attempts:
-                    self._spend_retry(errors)
-                attempts += 1
-                body, error = await self._attempt(node, path, payload, version, deadline, request_id)
-                if body is not None:
-                    return Answer(body, node.spec.region, node.url, attempts)
-                errors.append(f"{node.spec.region}/{node.url}: {error}")
-            raise Unavailable(f"no node answered ({'; '.join(errors) or 'no candidates'})", retry_after_s=1)
+    async def _hedged(
+        self,
+        node: NodeState,
+        next_node: Callable[[], NodeState | None],
+        delay: float,
+        send: Callable[[NodeState], Coroutine[Any, Any, tuple[bytes | None, str]]],
+        errors: list[str],
+    ) -> tuple[NodeState, bytes | None, int]:
+        """One attempt, plus a twin on the next node if it has not answered after ``delay``
+        (within the hedge budget): the first good answer wins, the other is cancelled.
+        Returns the node that answered (or the last that failed), its body and the twins sent."""
+        running = {asyncio.create_task(send(node)): node}
+        twins = 0
         try:
-            while True:
-                if not running:
-                    node = next_node() if attempts < self.config.max_attempts else None
-                    if node is None:
-                        break
-                    if attempts:
-                        self._spend_retry(errors)
-                    launch(node)
-                hedging = hedge_after > 0 and len(running) == 1 and attempts < self.config.max_attempts
-                done, _ = await asyncio.wait(running, timeout=hedge_after if hedging else None,
-                                             return_when=asyncio.FIRST_COMPLETED)
-                if not done:
-                    twin = next_node() if self.hedges.allow_retry() else None
-                    if twin is None:
-                        hedge_after = 0.0  # nothing to hedge with: wait for what runs
-                    else:
-                        self.metrics.hedges.inc()
-                        launch(twin)
-                    continue
+            done, _ = await asyncio.wait(running, timeout=delay)
+            if not done and self.hedges.allow_retry() and (twin := next_node()) is not None:
+                self.metrics.hedges.inc()
+                running[asyncio.create_task(send(twin))] = twin
+                twins = 1
+            while running:
+                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
                     node = running.pop(task)
                     body, error = task.result()  # NodeRejected and DeadlineExceeded go to the client
                     if body is not None:
-                        return Answer(body, node.spec.region, node.url, attempts)
+                        return node, body, twins
                     errors.append(f"{node.spec.region}/{node.url}: {error}")
+            return node, None, twins
         finally:
             for task in running:
                 task.cancel()
-        raise Unavailable(f"no node answered ({'; '.join(errors) or 'no candidates'})", retry_after_s=1)
 
     def _spend_retry(self, errors: list[str]) -> None:
         if not self.budget.allow_retry():
@@ -183,7 +186,7 @@ class Upstream:
         ordered = sorted(window)
         return max(fixed, ordered[int(0.95 * (len(ordered) - 1))])
 
-    async def _attempt(self, node: NodeState, path: str, payload: bytes, version: str, deadline: float,
+    async def _attempt(self, node: NodeState, *, path: str, payload: bytes, version: str, deadline: float,
                        request_id: str) -> tuple[bytes | None, str]:
         remaining = deadline - asyncio.get_running_loop().time()
         if remaining <= 0:
