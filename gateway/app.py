@@ -42,7 +42,7 @@ async def _middleware(request: web.Request, handler: Handler) -> web.StreamRespo
     resource = request.match_info.route.resource
     name = resource.canonical if resource is not None else "unmatched"
     elapsed = time.perf_counter() - started
-    served = (route.served or gw.config.region) if route else ""
+    served = route.served if route else ""
     gw.metrics.request_count(name, str(response.status), served, route.color if route else "").inc()
     gw.metrics.request_latency(name).observe(elapsed)
     if gw.config.access_log and name not in ("/metrics", "/healthz", "/readyz"):

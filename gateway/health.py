@@ -17,7 +17,7 @@ import logging
 import random
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import aiohttp
 import msgspec
@@ -38,8 +38,6 @@ DEEP_PROBE_BODY = msgspec.json.encode({"pairs": [DEEP_PROBE_PAIR]})
 class _Ready(msgspec.Struct):
     model_version: str | None = None
     checksum: str | None = None
-    color: str | None = None
-    region: str | None = None
 
 
 class _Scored(msgspec.Struct):
@@ -62,7 +60,6 @@ class NodeState:
     probe_ms: float = 0.0
     last_error: str = ""
     deep_ok: bool = True
-    _seen: set[str] = field(default_factory=set)
 
     @property
     def url(self) -> str:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import msgspec
 from aiohttp import web
@@ -44,7 +44,7 @@ from shared.schemas import (
 
 __all__ = ["GATEWAY", "Gateway", "Route", "add_routes"]
 
-T = TypeVar("T")
+I = TypeVar("I")
 R = TypeVar("R")
 
 
@@ -56,16 +56,15 @@ class Route:
     color: str
     version: str
     snapshot: RegistryRecord
+    served: str  # the gateway's own region until a node answers
     plan: Plan | None = None  # made only when something misses the cache
-    served: str | None = None
     attempts: int = 0
     cache: str = "miss"
-    extra: dict[str, str] = field(default_factory=dict)
 
-    def header(self, gateway_region: str) -> str:
-        served = self.served or gateway_region
-        reason = "cache" if self.served is None or self.plan is None else self.plan.reason_for(served)
-        return f"home={self.geo.region}; served={served}; attempts={self.attempts}; reason={reason}"
+    @property
+    def header(self) -> str:
+        reason = "cache" if self.plan is None else self.plan.reason_for(self.served)
+        return f"home={self.geo.region}; served={self.served}; attempts={self.attempts}; reason={reason}"
 
 
 @dataclass
@@ -78,17 +77,13 @@ class Gateway:
     metrics: GatewayMetrics
     similarity_cache: ResultCache[tuple[str, str], SimilarityResult] | None
     parse_cache: ResultCache[str, ParseResult] | None
-    _snapshot: RegistryRecord | None = None
-    _preview: str | None = None
 
     def route(self, request: web.Request, items: object) -> Route:
         snapshot = self.watcher.snapshot
         if snapshot.epoch == 0:
             raise Unavailable("the version registry has not been read yet (no snapshot)", retry_after_s=1)
         color = snapshot.active_color
-        if snapshot is not self._snapshot:  # the preview color changes with the snapshot only
-            self._snapshot, self._preview = snapshot, snapshot.preview_color
-        preview = self._preview
+        preview = snapshot.preview_color
         if preview is not None:
             if request.headers.get("X-MGeo-Version", "").strip().lower() == "canary":
                 color = preview
@@ -97,7 +92,8 @@ class Gateway:
         info = snapshot.colors.get(color)
         if info is None:
             raise Unavailable(f"color {color!r} is not registered in the registry")
-        return Route(self.geo.resolve(request.remote, request.headers), color, info.model_version, snapshot)
+        geo = self.geo.resolve(request.remote, request.headers)
+        return Route(geo, color, info.model_version, snapshot, served=self.config.region)
 
     async def fetch(self, path: str, payload: object, response_type: type[Any], route: Route, request: web.Request,
                     call_deadline: float) -> Any:
@@ -117,9 +113,7 @@ class Gateway:
     async def lookup(self, cache: ResultCache[Any, R] | None, task: str, route: Route, items: Sequence[Any],
                      compute: Callable[[list[Any]], Awaitable[Sequence[R]]]) -> list[R]:
         if cache is None:
-            results = list(await compute(list(items)))
-            route.cache = "miss"
-            return results
+            return list(await compute(list(items)))
         found: Lookup[R] = await cache.lookup(route.version, items, compute)
         self.metrics.cache_items(task, "hit").inc(found.hits)
         self.metrics.cache_items(task, "miss").inc(len(items) - found.hits)
@@ -131,9 +125,9 @@ class Gateway:
         return web.Response(body=body, content_type="application/json", headers={
             "X-Model-Version": route.version,
             "X-Color": route.color,
-            "X-Region": route.served or self.config.region,
+            "X-Region": route.served,
             "X-Cache": route.cache,
-            "X-Route": route.header(self.config.region),
+            "X-Route": route.header,
         })
 
 
@@ -144,62 +138,64 @@ def _bucket(body: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(body, digest_size=4).digest(), "big") % 10_000
 
 
-async def _similarity_items(request: web.Request, pairs: list[tuple[str, str]]) -> tuple[Route, list[SimilarityResult]]:
+@dataclass(frozen=True)
+class _Task(Generic[I, R]):
+    """What differs between the two scoring tasks on their way through the gateway."""
+
+    name: str
+    path: str
+    request: Callable[[list[I]], object]  # the node request for a list of misses
+    response: type[Any]  # the node's response, whose ``results`` are the answers
+    validate: Callable[..., None]
+    cache: Callable[[Gateway], ResultCache[I, R] | None]
+
+
+SIMILARITY: _Task[tuple[str, str], SimilarityResult] = _Task(
+    "similarity", "/v1/similarity", SimilarityRequest, SimilarityResponse, validate_pairs,
+    lambda gw: gw.similarity_cache)
+PARSE: _Task[str, ParseResult] = _Task(
+    "parse", "/v1/parse", ParseRequest, ParseResponse, validate_addresses, lambda gw: gw.parse_cache)
+
+
+async def _score(request: web.Request, task: _Task[I, R], items: list[I]) -> tuple[Route, list[R]]:
     gw = request.app[GATEWAY]
     cfg = gw.config
-    validate_pairs(pairs, max_items=cfg.max_batch, max_chars=cfg.max_chars)
+    task.validate(items, max_items=cfg.max_batch, max_chars=cfg.max_chars)
     call_deadline = deadline(request, cfg.default_deadline_ms)
-    route = gw.route(request, pairs)
+    route = gw.route(request, items)
 
-    async def compute(misses: list[tuple[str, str]]) -> list[SimilarityResult]:
-        answer = await gw.fetch("/v1/similarity", SimilarityRequest(misses), SimilarityResponse, route, request,
-                                call_deadline)
+    async def compute(misses: list[I]) -> list[R]:
+        answer = await gw.fetch(task.path, task.request(misses), task.response, route, request, call_deadline)
         return list(answer.results)
 
-    return route, await gw.lookup(gw.similarity_cache, "similarity", route, pairs, compute)
-
-
-async def _parse_items(request: web.Request, addresses: list[str]) -> tuple[Route, list[ParseResult]]:
-    gw = request.app[GATEWAY]
-    cfg = gw.config
-    validate_addresses(addresses, max_items=cfg.max_batch, max_chars=cfg.max_chars)
-    call_deadline = deadline(request, cfg.default_deadline_ms)
-    route = gw.route(request, addresses)
-
-    async def compute(misses: list[str]) -> list[ParseResult]:
-        answer = await gw.fetch("/v1/parse", ParseRequest(misses), ParseResponse, route, request, call_deadline)
-        return list(answer.results)
-
-    return route, await gw.lookup(gw.parse_cache, "parse", route, addresses, compute)
+    return route, await gw.lookup(task.cache(gw), task.name, route, items, compute)
 
 
 async def similarity(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     body = decode(await read_body(request, gw.config.max_body_bytes), SimilarityRequest)
-    route, results = await _similarity_items(request, body.pairs)
-    return gw.respond(request, route, encode(SimilarityResponse(results, route.version, route.color,
-                                                                route.served or gw.config.region)))
+    route, results = await _score(request, SIMILARITY, body.pairs)
+    return gw.respond(request, route, encode(SimilarityResponse(results, route.version, route.color, route.served)))
 
 
 async def parse(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     body = decode(await read_body(request, gw.config.max_body_bytes), ParseRequest)
-    route, results = await _parse_items(request, body.addresses)
-    return gw.respond(request, route, encode(ParseResponse(results, route.version, route.color,
-                                                           route.served or gw.config.region)))
+    route, results = await _score(request, PARSE, body.addresses)
+    return gw.respond(request, route, encode(ParseResponse(results, route.version, route.color, route.served)))
 
 
 async def compat_match(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     body = decode(await read_body(request, gw.config.max_body_bytes), MatchRequest)
-    route, (result,) = await _similarity_items(request, [(body.address1, body.address2)])
+    route, (result,) = await _score(request, SIMILARITY, [(body.address1, body.address2)])
     return gw.respond(request, route, encode(MatchResponse(similarity=result.score)))
 
 
 async def compat_parse(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     body = decode(await read_body(request, gw.config.max_body_bytes), CompatParseRequest)
-    route, (result,) = await _parse_items(request, [body.address])
+    route, (result,) = await _score(request, PARSE, [body.address])
     return gw.respond(request, route, encode(CompatParseResponse(elements=result.elements)))
 
 
