@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import multiprocessing
 import os
@@ -12,6 +11,7 @@ import sys
 from gateway.topology import Topology, load_topology
 from shared.config import ConfigError, GatewayConfig, add_arguments, build_config
 from shared.logs import setup_logging
+from shared.runtime import run as run_service
 
 __all__ = ["add_parser"]
 
@@ -62,9 +62,4 @@ def _serve(config: GatewayConfig, topology: Topology) -> int:
                   pid=str(os.getpid()))
     from gateway.server import serve
 
-    try:
-        import uvloop
-
-        return int(uvloop.run(serve(config, topology)))
-    except ImportError:
-        return asyncio.run(serve(config, topology))
+    return run_service(serve(config, topology))

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import sys
 
 from shared.config import ConfigError, NodeConfig, add_arguments, build_config
 from shared.logs import setup_logging
+from shared.runtime import run as run_service
 
 __all__ = ["add_parser"]
 
@@ -35,12 +35,7 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(config.log_level, json_lines=config.log_json, region=config.region, color=config.color)
     from node.server import serve
 
-    try:
-        import uvloop
-
-        code = uvloop.run(serve(config))
-    except ImportError:
-        code = asyncio.run(serve(config))
+    code = run_service(serve(config))
     logging.shutdown()
     # A model load or a fault hold may still occupy a worker thread, and the interpreter
     # would join it at exit: leave now, everything that matters is flushed.
