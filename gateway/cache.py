@@ -112,9 +112,15 @@ class ResultCache(Generic[I, R]):
                 self._local.popitem(last=False)
 
     async def get_many(self, model_version: str, items: Sequence[I]) -> list[R | None]:
-        """Cached results in order (None for a miss): the local LRU first, then one MGET
-        for whatever it did not hold."""
-        keys = [self.key(model_version, item) for item in items]
+        """Cached results in order (None for a miss)."""
+        return await self._get([self.key(model_version, item) for item in items])
+
+    async def put_many(self, model_version: str, items: Sequence[I], results: Sequence[R]) -> None:
+        """Store results (pipelined SETs with the TTL); oversized values are skipped."""
+        await self._put([self.key(model_version, item) for item in items], results)
+
+    async def _get(self, keys: Sequence[str]) -> list[R | None]:
+        """The local LRU first, then one MGET for whatever it did not hold."""
         out: list[R | None] = []
         remote: list[int] = []
         for index, key in enumerate(keys):
@@ -142,15 +148,13 @@ class ResultCache(Generic[I, R]):
             self._remember(keys[index], result)
         return out
 
-    async def put_many(self, model_version: str, items: Sequence[I], results: Sequence[R]) -> None:
-        """Store results (pipelined SETs with the TTL); oversized values are skipped."""
+    async def _put(self, keys: Sequence[str], results: Sequence[R]) -> None:
         entries = []
-        for item, result in zip(items, results):
+        for key, result in zip(keys, results):
             value = self._encode(result)
             if len(value) > self.max_value_bytes:
                 self.stats.too_large += 1
                 continue
-            key = self.key(model_version, item)
             entries.append((key, value))
             self._remember(key, result)
         try:
@@ -165,7 +169,8 @@ class ResultCache(Generic[I, R]):
         """Results for ``items``: hits from the store; misses computed once by ``compute``
         (which gets only the misses, each distinct input once), then cached. A miss that
         another call is already computing waits for that call instead."""
-        cached = await self.get_many(model_version, items)
+        keys = [self.key(model_version, item) for item in items]
+        cached = await self._get(keys)
         hits = sum(r is not None for r in cached)
         self.stats.hits += hits
         self.stats.misses += len(items) - hits
@@ -176,10 +181,9 @@ class ResultCache(Generic[I, R]):
         mine: dict[str, I] = {}  # keys this call computes, first item of each
         waiting: dict[int, asyncio.Future[R]] = {}
         loop = asyncio.get_running_loop()
-        for index, (item, result) in enumerate(zip(items, cached)):
+        for index, (key, item, result) in enumerate(zip(keys, items, cached)):
             if result is not None:
                 continue
-            key = self.key(model_version, item)
             if key in mine:
                 waiting[index] = self._inflight[key]
             elif key in self._inflight:
@@ -190,14 +194,12 @@ class ResultCache(Generic[I, R]):
                 self._inflight[key] = waiting[index] = loop.create_future()
 
         if mine:
-            await self._compute(model_version, mine, compute)
+            await self._compute(mine, compute)
         for index, future in waiting.items():
             results[index] = await asyncio.shield(future)
         return Lookup([r for r in results if r is not None], hits)
 
-    async def _compute(
-        self, model_version: str, mine: dict[str, I], compute: Callable[[list[I]], Awaitable[Sequence[R]]]
-    ) -> None:
+    async def _compute(self, mine: dict[str, I], compute: Callable[[list[I]], Awaitable[Sequence[R]]]) -> None:
         keys, inputs = list(mine), list(mine.values())
         try:
             computed = await compute(inputs)
@@ -217,4 +219,4 @@ class ResultCache(Generic[I, R]):
             future = self._inflight.pop(key)
             if not future.done():
                 future.set_result(result)
-        await self.put_many(model_version, inputs, computed)
+        await self._put(keys, computed)
