@@ -107,7 +107,7 @@ async def _refresh_nodes(topology: Topology, heartbeats: Heartbeats, health: Hea
     except StoreUnavailable:
         return
     merged = merge_topology(((n.region, n.color, n.url) for n in topology.nodes), live)
-    health.sync(NodeSpec(n.region, n.color, n.url.rstrip("/")) for n in merged)
+    health.sync(NodeSpec(n.region, n.color, n.url) for n in merged)  # URLs come normalized
     balancer.topology = topology.with_regions(n.region for n in merged)
 
 
