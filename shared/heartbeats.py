@@ -113,5 +113,5 @@ def merge_topology(static: Iterable[tuple[str, str, str]], live: Iterable[NodeHe
         nodes[key] = TopologyNode(region, color, url, True, beat if beat and beat.region == region else None)
     for key, beat in beats.items():
         if key not in nodes:
-            nodes[key] = TopologyNode(beat.region, beat.color, beat.url, False, beat)
+            nodes[key] = TopologyNode(beat.region, beat.color, key, False, beat)
     return sorted(nodes.values(), key=lambda n: (n.region, n.color, n.url))
