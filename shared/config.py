@@ -61,7 +61,7 @@ class NodeConfig:
     color: str = _opt("blue", "deployment color: blue or green")
     host: str = _opt("127.0.0.1", "address to listen on")
     port: int = _opt(DEFAULT_NODE_PORT, "port to listen on")
-    model: str = _opt("demo", "'demo' (the shipped demo model), a model directory, or a hub id")
+    model: str = _opt("demo", "'demo' or 'demo-v2' (the shipped demo models), a model directory, or a hub id")
     backend: str = _opt("hf", "hf (transformers, batched) or modelscope (MGeo pipelines)")
     device: str = _opt("cpu", "cpu, cuda or cuda:N")
     dtype: str = _opt("fp32", "fp32, fp16, bf16 or int8 (int8: dynamic quantization, CPU only)")

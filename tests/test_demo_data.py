@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from node.backends.tags import decode_tags, encode_tags, tag_set
-from node.demo import DEMO_MODEL_DIR, synth
+from node.demo import DEMO_MODEL_DIR, DEMO_MODELS, synth
 from node.identity import METADATA_FILE
 from shared.schemas import LABELS
 
@@ -99,24 +99,38 @@ def test_tags_round_trip_through_the_shipped_tokenizer(parse_tokenizer: Any) -> 
         assert all(e.text == text[e.start : e.end] for e in decoded)
 
 
-def test_shipped_metadata_is_a_demo_with_its_measured_quality() -> None:
-    path = DEMO_MODEL_DIR / METADATA_FILE
+SHIPPED = pytest.mark.parametrize(("name", "finetune"), [("demo", "synth_v1"), ("demo-v2", "synth_v2")])
+
+
+@SHIPPED
+def test_shipped_metadata_is_a_demo_with_its_measured_quality(name: str, finetune: str) -> None:
+    root = DEMO_MODELS[name]
+    path = root / METADATA_FILE
     assert path.is_file(), "the demo model is not built (python -m node.demo.train)"
     meta = json.loads(path.read_text(encoding="utf-8"))
     assert meta["demo"] is True
     assert "DEMO" in meta["description"]
-    assert meta["model_version"].startswith("mgeo_demo_tiny-synth_v1-")
+    assert meta["model_version"].startswith(f"mgeo_demo_tiny-{finetune}-")
     assert meta["eval"]["similarity_accuracy"] >= 0.9  # issue 2's target
     assert meta["eval"]["parse_f1"] >= 0.9
     assert meta["eval"]["heldout_pairs"] >= 1000 and meta["eval"]["heldout_addresses"] >= 1000
-    config = json.loads((DEMO_MODEL_DIR / "similarity" / "config.json").read_text(encoding="utf-8"))
+    config = json.loads((root / "similarity" / "config.json").read_text(encoding="utf-8"))
     assert config["id2label"] == {"0": "not_match", "1": "partial_match", "2": "exact_match"}
     assert config["architectures"] == ["BertForSequenceClassification"]
-    weights = sum(f.stat().st_size for f in DEMO_MODEL_DIR.glob("*/*.safetensors"))
+    weights = sum(f.stat().st_size for f in root.glob("*/*.safetensors"))
     assert weights <= 8_000_000
 
 
-def test_shipped_model_reaches_its_targets_on_data_it_never_saw() -> None:
+def test_shipped_versions_differ() -> None:
+    """Green serves demo-v2 in the local deployment: a switch must be visible."""
+    v1, v2 = (json.loads((DEMO_MODELS[n] / METADATA_FILE).read_text(encoding="utf-8")) for n in ("demo", "demo-v2"))
+    assert v1["model_version"] != v2["model_version"]
+    assert (DEMO_MODELS["demo"] / "similarity" / "model.safetensors").read_bytes() != (
+        DEMO_MODELS["demo-v2"] / "similarity" / "model.safetensors").read_bytes()
+
+
+@SHIPPED
+def test_shipped_model_reaches_its_targets_on_data_it_never_saw(name: str, finetune: str) -> None:
     """Re-measure the shipped model on a fresh sample (another seed than training's and
     the recorded held-out set's), so the README's figures are checked, not just read."""
     pytest.importorskip("torch")
@@ -124,14 +138,15 @@ def test_shipped_model_reaches_its_targets_on_data_it_never_saw() -> None:
 
     from node.demo import train
 
-    tokenizer = AutoTokenizer.from_pretrained(DEMO_MODEL_DIR / "similarity")
-    similarity = BertForSequenceClassification.from_pretrained(DEMO_MODEL_DIR / "similarity").eval()
+    root = DEMO_MODELS[name]
+    tokenizer = AutoTokenizer.from_pretrained(root / "similarity")
+    similarity = BertForSequenceClassification.from_pretrained(root / "similarity").eval()
     pairs = synth.annotated_pair_dataset(600, seed=424_242)
     accuracy, confusion = train.similarity_accuracy(similarity, train.similarity_features(tokenizer, pairs))
     assert accuracy >= 0.9, confusion
     assert all(row[i] >= 0.8 * sum(row) for i, row in enumerate(confusion)), confusion  # every label, not only most
 
-    parse = BertForTokenClassification.from_pretrained(DEMO_MODEL_DIR / "parse").eval()
+    parse = BertForTokenClassification.from_pretrained(root / "parse").eval()
     tags = tag_set(synth.TYPES)
     addresses = synth.address_dataset(600, seed=424_242)
     features, offsets = train.parse_features(tokenizer, addresses, tags)

@@ -19,10 +19,10 @@ def load_model(spec: LoadSpec, backend: str) -> LoadedModel:
     # torch defaults to one thread per core; with the event loop and the tokenizer on
     # the same cores, OpenMP's spinning threads then slow small forward passes 10-100x.
     torch.set_num_threads(spec.cpu_threads or max(1, (os.cpu_count() or 2) - 1))
-    if spec.model == "demo":
-        from node.demo import DEMO_MODEL_DIR
+    from node.demo import DEMO_MODELS
 
-        spec = replace(spec, model=str(DEMO_MODEL_DIR), demo=True)
+    if spec.model in DEMO_MODELS:
+        spec = replace(spec, model=str(DEMO_MODELS[spec.model]), demo=True)
     if backend == "hf":
         from node.backends import transformers_backend
 

@@ -12,6 +12,12 @@ it takes much longer (README), and a smaller run such as ``--pairs 36000 --sim-e
 fits in minutes at lower accuracy. The tokenizer is built from the gazetteer;
 ``--tokenizer node/demo/model/similarity`` reuses the shipped one instead (needed with
 transformers 5, whose ``BertTokenizerFast`` no longer builds from a vocab file).
+
+The green color of the local demo serves a second version, a short continued run from
+the first on other data (``node/demo/model-v2``):
+
+    python -m node.demo.train --init-from node/demo/model --out node/demo/model-v2 \
+        --finetune synth_v2 --seed 2 --pairs 40000 --sim-epochs 1 --parse-epochs 1 --lr 2e-4 --sim-lr 2e-4
 """
 
 from __future__ import annotations
@@ -271,7 +277,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "model")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--version", default=f"mgeo_demo_tiny-synth_v1-{stamp}")
+    parser.add_argument("--finetune", default="synth_v1", help="the run's name: the version's middle part")
+    parser.add_argument("--version", help="model_version (default: mgeo_demo_tiny-<finetune>-<UTC time>)")
+    parser.add_argument("--init-from", type=Path,
+                        help="continue training this bundle (its tokenizer and shape) instead of starting from scratch")
     parser.add_argument("--pairs", type=int, default=150000, help="similarity training pairs")
     parser.add_argument("--addresses", type=int, default=12000, help="parse training addresses")
     parser.add_argument("--heldout", type=int, default=3000, help="held-out pairs and addresses")
@@ -290,6 +299,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu", help="cpu (the default, minutes on 2 cores) or cuda")
     parser.add_argument("--tokenizer", type=Path, help="reuse this tokenizer (e.g. the shipped one) instead of building it")
     args = parser.parse_args(argv)
+    args.version = args.version or f"mgeo_demo_tiny-{args.finetune}-{stamp}"
+    init: Path | None = args.init_from
+    if init:
+        args.tokenizer = init / "similarity"
 
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # tiny weights late in training go subnormal, which is slow on CPUs
@@ -307,9 +320,15 @@ def main(argv: list[str] | None = None) -> None:
     parse_train, _ = parse_features(tokenizer, train_addr, tags)
     parse_test, parse_offsets = parse_features(tokenizer, test_addr, tags)
     device = torch.device(args.device)
-    parse = BertForTokenClassification(
-        _config(tokenizer, args, id2label=dict(enumerate(tags)), label2id={t: i for i, t in enumerate(tags)})
-    ).to(device)
+    if init:
+        parse = BertForTokenClassification.from_pretrained(init / "parse").to(device)
+        shape = parse.config  # the bundle's shape wins over the flags, and is what the metadata records
+        args.hidden, args.layers, args.heads, args.intermediate = (
+            shape.hidden_size, shape.num_hidden_layers, shape.num_attention_heads, shape.intermediate_size)
+    else:
+        parse = BertForTokenClassification(
+            _config(tokenizer, args, id2label=dict(enumerate(tags)), label2id={t: i for i, t in enumerate(tags)})
+        ).to(device)
     t0 = time.monotonic()
     print(f"parse: {len(parse_train)} addresses, {args.parse_epochs} epochs")
     _fit(parse, lambda b: parse(**b).loss, parse_train, args.parse_epochs, args.lr, args.batch, args.seed, print, device)
@@ -321,12 +340,15 @@ def main(argv: list[str] | None = None) -> None:
     test_pairs = synth.annotated_pair_dataset(args.heldout, heldout_seed)
     sim_train = similarity_features(tokenizer, train_pairs)
     sim_test = similarity_features(tokenizer, test_pairs)
-    similarity = BertForSequenceClassification(
-        _config(
-            tokenizer, args, id2label=dict(enumerate(LABEL_NAMES)), label2id={n: i for i, n in enumerate(LABEL_NAMES)}
-        )
-    ).to(device)
-    similarity.bert.load_state_dict(parse.bert.state_dict(), strict=False)  # the pooler is new
+    if init:
+        similarity = BertForSequenceClassification.from_pretrained(init / "similarity").to(device)
+    else:
+        similarity = BertForSequenceClassification(
+            _config(
+                tokenizer, args, id2label=dict(enumerate(LABEL_NAMES)), label2id={n: i for i, n in enumerate(LABEL_NAMES)}
+            )
+        ).to(device)
+        similarity.bert.load_state_dict(parse.bert.state_dict(), strict=False)  # the pooler is new
     t0 = time.monotonic()
     print(f"similarity: {len(sim_train)} pairs, {args.sim_epochs} epochs")
     aux_head = torch.nn.Linear(args.hidden, len(AUX_LABELS)).to(device)  # training only; not saved
@@ -345,7 +367,7 @@ def main(argv: list[str] | None = None) -> None:
     metadata = {
         "model_version": args.version,
         "base": "mgeo_demo_tiny",
-        "finetune": "synth_v1",
+        "finetune": args.finetune,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "demo": True,
         "description": "DEMO model: tiny BERT trained on synthetic addresses; not MGeo, not for production",
@@ -358,6 +380,7 @@ def main(argv: list[str] | None = None) -> None:
         },
         "train": {
             "seed": args.seed,
+            "init_from": str(init) if init else None,
             "pairs": len(train_pairs),
             "addresses": len(train_addr),
             "similarity_epochs": args.sim_epochs,
