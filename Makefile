@@ -1,10 +1,9 @@
 # Two commands on a fresh machine:
-#   make demo   runs the product (for now: one scoring node with the shipped demo model)
+#   make demo   runs the product: four regions, blue/green nodes, gateways (geogate up)
 #   make test   creates .venv, installs everything, runs the test suite
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-PORT   ?= 8081
 
 .PHONY: demo test lint bench clean
 
@@ -18,7 +17,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/geogate node --model demo --region cn-east --color blue --port $(PORT)
+	$(VENV)/bin/geogate up
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

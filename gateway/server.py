@@ -30,7 +30,7 @@ from shared.config import GatewayConfig
 from shared.errors import StoreUnavailable
 from shared.heartbeats import Heartbeats, merge_topology
 from shared.registry import Registry, RegistryWatcher
-from shared.store import open_stores
+from shared.store import Stores, open_stores
 
 __all__ = ["serve"]
 
@@ -39,9 +39,14 @@ log = logging.getLogger("geogate.gateway")
 NODE_REFRESH_S = 2.0
 
 
-async def serve(config: GatewayConfig, topology: Topology) -> int:
+async def serve(config: GatewayConfig, topology: Topology, *, stores: Stores | None = None,
+                stop: asyncio.Event | None = None) -> int:
+    """Serve until SIGTERM/SIGINT, or until ``stop`` is set when the caller passes one
+    (the local launcher runs several gateways in one process around one embedded store;
+    stores passed in stay open: their owner closes them)."""
     metrics = GatewayMetrics()
-    stores = open_stores(config.registry_url, config.cache_url, config.cache_read_url)
+    own_stores = stores is None
+    stores = stores or open_stores(config.registry_url, config.cache_url, config.cache_read_url)
     watcher = RegistryWatcher(Registry(stores.registry, namespace=config.namespace))
     await watcher.start()
     client_ssl = ssl.create_default_context(cafile=config.upstream_ca) if config.upstream_ca else None
@@ -79,12 +84,13 @@ async def serve(config: GatewayConfig, topology: Topology) -> int:
     log.info("gateway for region %s listening on %s://%s:%d (store %s, %d configured nodes)", config.region, scheme,
              config.host, config.port, stores.registry.name, len(topology.nodes))
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("signal received: draining (up to %.0f s)", config.drain_timeout_s)
+    log.info("stopping: draining (up to %.0f s)", config.drain_timeout_s)
     await runner.cleanup()  # stops accepting, waits for in-flight handlers
     refresher.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -93,7 +99,8 @@ async def serve(config: GatewayConfig, topology: Topology) -> int:
     await watcher.close()
     await session.close()
     await upstream_client.close()
-    await stores.close()
+    if own_stores:
+        await stores.close()
     geo.close()
     log.info("stopped")
     return 0

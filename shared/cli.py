@@ -49,6 +49,27 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--out", type=Path, default=None, help="output file (default: ~/.cache/geogate/country.mmdb)")
     build.set_defaults(run=_geoip_build)
 
+    registry = sub.add_parser("registry", help="version registry tools")
+    registry_sub = registry.add_subparsers(dest="registry_command", required=True, metavar="COMMAND")
+    init = registry_sub.add_parser(
+        "init",
+        help="seed the registry from what the deployed nodes report",
+        description="Wait until every --node answers /health/ready, read each one's color, model version and "
+        "checksum, and create the registry record with those (an existing record is left alone).",
+    )
+    init.add_argument("--registry-url", required=True, help="the registry's store (redis://, redis+sentinel://)")
+    init.add_argument("--namespace", default="geogate", help="key prefix in the store")
+    init.add_argument("--node", action="append", required=True, metavar="URL", help="a node's URL (repeat)")
+    init.add_argument("--regions", required=True, help="comma-separated regions of the deployment")
+    init.add_argument("--active", default="blue", help="the color that serves first")
+    init.add_argument("--wait-s", type=float, default=600.0, help="how long to wait for the nodes")
+    init.add_argument("--ca", help="CA bundle to verify nodes served over HTTPS")
+    init.set_defaults(run=_registry_init)
+
+    from shared.launcher.cli import add_parsers as add_launcher
+
+    add_launcher(sub)
+
     args = parser.parse_args(argv)
     return int(args.run(args))
 
@@ -82,6 +103,38 @@ def _geoip_build(args: argparse.Namespace) -> int:
     print(f"wrote {stats.output}: {stats.countries} countries, {stats.networks} networks from {stats.ranges} ranges "
           f"in {stats.seconds:.0f}s\ndata: {ATTRIBUTION}")
     return 0
+
+
+def _registry_init(args: argparse.Namespace) -> int:
+    import asyncio
+    import ssl
+
+    from shared.bootstrap import BootstrapError, read_identities, seed_registry
+    from shared.errors import StoreUnavailable
+    from shared.registry import Registry
+    from shared.store import open_store
+
+    async def seed() -> int:
+        ctx = ssl.create_default_context(cafile=args.ca) if args.ca else None
+        nodes = await read_identities(args.node, wait_s=args.wait_s, ssl_context=ctx,
+                                      on_wait=lambda waiting: print(f"waiting for {len(waiting)} node(s)", flush=True))
+        store = open_store(args.registry_url)
+        try:
+            regions = [r.strip() for r in args.regions.split(",") if r.strip()]
+            record, created = await seed_registry(Registry(store, namespace=args.namespace), nodes,
+                                                  active=args.active, regions=regions, who="registry-init")
+        finally:
+            await store.close()
+        colors = ", ".join(f"{c}={i.model_version}" for c, i in sorted(record.colors.items()))
+        print(f"{'created' if created else 'already present, left alone'}: epoch {record.epoch}, "
+              f"active {record.active_color}, {colors}")
+        return 0
+
+    try:
+        return asyncio.run(seed())
+    except (BootstrapError, StoreUnavailable) as exc:
+        print(f"geogate registry init: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 import time
+from typing import TextIO
 
 __all__ = ["setup_logging"]
 
@@ -33,9 +34,11 @@ class _JSONFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False, default=str)
 
 
-def setup_logging(level: str = "info", *, json_lines: bool = True, **fields: str) -> None:
-    """``fields`` (region, color, ...) are added to every JSON line."""
-    handler = logging.StreamHandler(sys.stderr)
+def setup_logging(level: str = "info", *, json_lines: bool = True, stream: TextIO | None = None,
+                  **fields: str) -> None:
+    """``fields`` (region, color, ...) are added to every JSON line; lines go to stderr
+    unless ``stream`` says otherwise."""
+    handler = logging.StreamHandler(stream or sys.stderr)
     if json_lines:
         handler.setFormatter(_JSONFormatter(fields))
     else:
