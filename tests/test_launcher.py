@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -214,7 +213,7 @@ def test_up_detach_reports_progress_and_a_ready_summary(detached: tuple[Path, su
 
 
 def test_endpoints_file_is_complete(detached: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
-    run_dir, done = detached
+    run_dir, _ = detached
     endpoints = json.loads((run_dir / "endpoints.json").read_text())
     assert set(endpoints["gateways"]) == {"cn-east", "eu-central"}
     assert all(listening(url) for url in endpoints["gateways"].values())
@@ -306,7 +305,7 @@ async def test_foreground_embedded_tls_run_stops_cleanly_on_ctrl_c(tmp_path: Pat
     SIGINT as a terminal's Ctrl-C sends it."""
     run_dir = tmp_path / "run"
     out = (tmp_path / "out.txt").open("w")
-    proc = subprocess.Popen([*GEOGATE, "up", "--run-dir", str(run_dir), "--regions", "us-east", "--port-base", "0",
+    proc = subprocess.Popen([*GEOGATE, "up",  # noqa: ASYNC220 - it runs for the whole test; nothing waits on it here "--run-dir", str(run_dir), "--regions", "us-east", "--port-base", "0",
                              "--store", "embedded", "--tls"], cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
     try:
         def ready() -> bool:
@@ -320,12 +319,14 @@ async def test_foreground_embedded_tls_run_stops_cleanly_on_ctrl_c(tmp_path: Pat
         endpoints = json.loads((run_dir / "endpoints.json").read_text())
         assert endpoints["store"] == "embedded" and endpoints["gateways"]["us-east"].startswith("https://")
         ctx = ssl.create_default_context(cafile=endpoints["tls_ca"])
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as session:
-            async with session.post(endpoints["gateways"]["us-east"] + "/v1/similarity", json=PAIR,
-                                    headers={"X-Forwarded-For": CLIENTS["us-east"]}) as resp:
-                assert resp.status == 200, await resp.text()
-                assert resp.headers["X-Region"] == "us-east"
-                assert resp.headers["X-Model-Version"] == version_of("demo")
+        async with (
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as session,
+            session.post(endpoints["gateways"]["us-east"] + "/v1/similarity", json=PAIR,
+                         headers={"X-Forwarded-For": CLIENTS["us-east"]}) as resp,
+        ):
+            assert resp.status == 200, await resp.text()
+            assert resp.headers["X-Region"] == "us-east"
+            assert resp.headers["X-Model-Version"] == version_of("demo")
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0
     finally:

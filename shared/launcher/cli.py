@@ -13,9 +13,17 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
+
+from shared.launcher.progress import LiveTable, Status
+
+if TYPE_CHECKING:
+    from shared.launcher.deployment import UpOptions
+    from shared.launcher.plan import LaunchPlan
 
 __all__ = ["add_parsers"]
 
@@ -79,15 +87,15 @@ def _up(args: argparse.Namespace) -> int:
     from shared.runtime import run as run_service
 
     options = UpOptions(run_dir=run_dir, tls=args.tls, store=args.store, wait_s=args.wait_s)
-    return run_service(_foreground(plan, options))
+    stop_hint = f"geogate down --run-dir {run_dir}" if args.supervise else "Ctrl-C"
+    return run_service(_foreground(plan, options, stop_hint))
 
 
-async def _foreground(plan: object, options: object) -> int:
+async def _foreground(plan: LaunchPlan, options: UpOptions, stop_hint: str) -> int:
     from shared.launcher.deployment import Deployment
-    from shared.launcher.progress import LiveTable, Status
     from shared.logs import setup_logging
 
-    run_dir: Path = options.run_dir  # type: ignore[attr-defined]
+    run_dir = options.run_dir
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     log_file = (run_dir / "logs" / "launcher.log").open("a", encoding="utf-8")
     setup_logging("info", json_lines=True, stream=log_file, service="launcher")
@@ -99,7 +107,7 @@ async def _foreground(plan: object, options: object) -> int:
             table.show(status.rows, table=True)
         elif status.phase == "ready" and shown["phase"] != "ready":
             table.show(status.rows, table=True)
-            table.say("\n" + status.summary + "\n\nCtrl-C stops everything. Changes from now on:")
+            table.say(f"\n{status.summary}\n\n{stop_hint} stops everything. Changes from now on:")
         elif status.phase == "ready":
             table.show(status.rows, table=False)
         elif status.phase == "failed" and shown["phase"] != "failed":
@@ -110,7 +118,7 @@ async def _foreground(plan: object, options: object) -> int:
             table.say("stopped.")
         shown["phase"] = status.phase
 
-    deployment = Deployment(plan, options, on_status=render)  # type: ignore[arg-type]
+    deployment = Deployment(plan, options, on_status=render)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, deployment.stop_event.set)
@@ -124,8 +132,6 @@ async def _foreground(plan: object, options: object) -> int:
 def _detach(args: argparse.Namespace, run_dir: Path) -> int:
     """Start the launcher in a session of its own and show its progress from the status
     file it keeps, until it is ready (0) or has failed (1)."""
-    from shared.launcher.progress import LiveTable, Status
-
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     for stale in ("status.json", "endpoints.json"):
         (run_dir / stale).unlink(missing_ok=True)
@@ -167,9 +173,7 @@ def _detach(args: argparse.Namespace, run_dir: Path) -> int:
         time.sleep(0.25)
 
 
-def _read_status(run_dir: Path) -> object:
-    from shared.launcher.progress import Status
-
+def _read_status(run_dir: Path) -> Status | None:
     try:
         return msgspec.json.decode((run_dir / "status.json").read_bytes(), type=Status)
     except (OSError, msgspec.DecodeError, msgspec.ValidationError):
@@ -235,9 +239,9 @@ def _listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _wait(done: object, timeout_s: float) -> bool:
+def _wait(done: Callable[[], bool], timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
-    while not done():  # type: ignore[operator]
+    while not done():
         if time.monotonic() > deadline:
             return False
         time.sleep(0.1)

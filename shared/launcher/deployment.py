@@ -29,6 +29,7 @@ import aiohttp
 import msgspec
 import yaml
 
+from node.demo import DEMO_MODELS
 from shared.bootstrap import BootstrapError, identity_from_ready, seed_registry
 from shared.errors import StoreUnavailable
 from shared.launcher.plan import TEST_GEOIP_DB, LaunchPlan, sample_client_ip
@@ -375,8 +376,9 @@ class Deployment:
     def summary(self) -> str:
         record = self.record
         assert record is not None
-        lines = [f"geogate is up: {len(self.plan.regions)} regions, {len(self.plan.nodes)} nodes "
-                 f"(DEMO models), store {self.store_label}", ""]
+        demo = " (DEMO models)" if set(self.plan.colors.values()) <= set(DEMO_MODELS) else ""
+        lines = [(f"geogate is up: {len(self.plan.regions)} regions, {len(self.plan.nodes)} nodes{demo}, "
+                  f"store {self.store_label}"), ""]
         lines.append(f"{'REGION':14s} {'GATEWAY':28s} NODES")
         for gw in self.plan.gateways:
             nodes = [self.rows[n.name] for n in self.plan.nodes if n.region == gw.region]
