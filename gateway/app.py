@@ -9,6 +9,7 @@ import time
 from aiohttp import web
 from prometheus_client import generate_latest
 
+from gateway.admin import ADMIN, Admin, add_admin_routes
 from gateway.openapi import OPENAPI
 from gateway.proxy import GATEWAY, Gateway, Route, add_routes
 from shared.http import Handler, guarded, json_response, request_id
@@ -19,14 +20,19 @@ __all__ = ["create_app"]
 log = logging.getLogger("geogate.gateway.http")
 access = logging.getLogger("geogate.gateway.access")
 
-def create_app(gateway: Gateway) -> web.Application:
+def create_app(gateway: Gateway, admin: Admin | None = None, *, scoring: bool = True) -> web.Application:
+    """The client API and operations routes (``scoring``), and the admin API when given."""
     app = web.Application(middlewares=[_middleware], client_max_size=gateway.config.max_body_bytes + 1)
     app[GATEWAY] = gateway
-    add_routes(app)
     app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/openapi.json", openapi)
+    if scoring:
+        add_routes(app)
+        app.router.add_get("/readyz", readyz)
+        app.router.add_get("/metrics", metrics)
+        app.router.add_get("/openapi.json", openapi)
+    if admin is not None:
+        app[ADMIN] = admin
+        add_admin_routes(app)
     return app
 
 
@@ -45,6 +51,8 @@ async def _middleware(request: web.Request, handler: Handler) -> web.StreamRespo
     served = route.served if route else ""
     gw.metrics.request_count(name, str(response.status), served, route.color if route else "").inc()
     gw.metrics.request_latency(name).observe(elapsed)
+    if route is not None:
+        _observe(gw, route, response.status, elapsed * 1000)
     if gw.config.access_log and name not in ("/metrics", "/healthz", "/readyz"):
         access.info("%s %s %d", request.method, request.path, response.status, extra={
             "request_id": rid, "status": response.status, "ms": round(elapsed * 1000, 2), "client": request.remote,
@@ -52,6 +60,17 @@ async def _middleware(request: web.Request, handler: Handler) -> web.StreamRespo
             "cache": route.cache if route else None, "attempts": route.attempts if route else None,
         })
     return response
+
+
+def _observe(gw: Gateway, route: Route, status: int, ms: float) -> None:
+    ok, hit, home = status < 500, route.cache == "hit", route.geo.region
+    gw.stats("all").record(ms, ok=ok, hit=hit)
+    gw.stats(f"color:{route.color}").record(ms, ok=ok, hit=hit)
+    gw.stats(f"region:{route.served}").record(ms, ok=ok, hit=hit)
+    gw.stats(f"home:{home}").record(ms, ok=ok, hit=hit)
+    drill = gw.drills.active if gw.drills is not None else None
+    if drill is not None and drill.report.region == home:
+        drill.observe(route.served, ok, ms)
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -38,6 +38,7 @@ DEEP_PROBE_BODY = msgspec.json.encode({"pairs": [DEEP_PROBE_PAIR]})
 class _Ready(msgspec.Struct):
     model_version: str | None = None
     checksum: str | None = None
+    queue_depth: int = 0
 
 
 class _Scored(msgspec.Struct):
@@ -50,6 +51,7 @@ class NodeState:
     healthy: bool = False
     model_version: str | None = None
     checksum: str | None = None
+    queue_depth: int = 0  # items waiting at the node, from its last ready probe
     outstanding: int = 0
     ewma_ms: float = 0.0
     good_probes: int = 0
@@ -148,6 +150,7 @@ class HealthChecker:
                 if resp.status == 200:
                     ready = msgspec.json.decode(body, type=_Ready)
                     node.model_version, node.checksum = ready.model_version, ready.checksum
+                    node.queue_depth = ready.queue_depth
                     ok = True
                 else:
                     error = f"ready {resp.status}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import msgspec
@@ -18,8 +18,10 @@ from aiohttp import web
 
 from gateway.balancer import Balancer, Plan
 from gateway.cache import Lookup, ResultCache
+from gateway.drills import Drills
 from gateway.geo import ClientGeo, GeoResolver
 from gateway.metrics import GatewayMetrics
+from gateway.stats import StatsBook
 from gateway.upstream import Upstream
 from shared.config import GatewayConfig
 from shared.errors import ModelError, Unavailable
@@ -77,23 +79,28 @@ class Gateway:
     metrics: GatewayMetrics
     similarity_cache: ResultCache[tuple[str, str], SimilarityResult] | None
     parse_cache: ResultCache[str, ParseResult] | None
+    stats: StatsBook = field(default_factory=StatsBook)  # recent traffic for the admin API and heartbeats
+    drills: Drills | None = None  # sees the calls of a drilled region's clients
 
     def route(self, request: web.Request, items: object) -> Route:
         snapshot = self.watcher.snapshot
         if snapshot.epoch == 0:
             raise Unavailable("the version registry has not been read yet (no snapshot)", retry_after_s=1)
-        color = snapshot.active_color
-        preview = snapshot.preview_color
-        if preview is not None:
-            if request.headers.get("X-MGeo-Version", "").strip().lower() == "canary":
-                color = preview
-            elif snapshot.canary_percent > 0 and _bucket(encode(items)) < snapshot.canary_percent * 100:
-                color = preview  # sticky by request content: a retry lands on the same color
+        color = _color(snapshot, request, items)
         info = snapshot.colors.get(color)
         if info is None:
             raise Unavailable(f"color {color!r} is not registered in the registry")
         geo = self.geo.resolve(request.remote, request.headers)
-        return Route(geo, color, info.model_version, snapshot, served=self.config.region)
+        route = request["route"] = Route(geo, color, info.model_version, snapshot, served=self.config.region)
+        return route  # on the request at once: a call that fails from here on is still counted per route
+
+    def still_current(self, route: Route, request: web.Request, items: object) -> bool:
+        """Would this call get the same version from the newest snapshot?"""
+        snapshot = self.watcher.snapshot
+        if snapshot.epoch == route.snapshot.epoch:
+            return True
+        info = snapshot.colors.get(_color(snapshot, request, items))
+        return info is not None and info.model_version == route.version
 
     async def fetch(self, path: str, payload: object, response_type: type[Any], route: Route, request: web.Request,
                     call_deadline: float) -> Any:
@@ -121,7 +128,6 @@ class Gateway:
         return found.results
 
     def respond(self, request: web.Request, route: Route, body: bytes) -> web.Response:
-        request["route"] = route
         return web.Response(body=body, content_type="application/json", headers={
             "X-Model-Version": route.version,
             "X-Color": route.color,
@@ -132,6 +138,16 @@ class Gateway:
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
+
+
+def _color(snapshot: RegistryRecord, request: web.Request, items: object) -> str:
+    preview = snapshot.preview_color
+    if preview is not None:
+        if request.headers.get("X-MGeo-Version", "").strip().lower() == "canary":
+            return preview
+        if snapshot.canary_percent > 0 and _bucket(encode(items)) < snapshot.canary_percent * 100:
+            return preview  # sticky by request content: a retry lands on the same color
+    return snapshot.active_color
 
 
 def _bucket(body: bytes) -> int:
@@ -157,18 +173,28 @@ PARSE: _Task[str, ParseResult] = _Task(
     "parse", "/v1/parse", ParseRequest, ParseResponse, validate_addresses, lambda gw: gw.parse_cache)
 
 
+REROUTES = 3
+
+
 async def _score(request: web.Request, task: _Task[I, R], items: list[I]) -> tuple[Route, list[R]]:
+    """Results on the version of the newest snapshot: a call whose snapshot was replaced
+    by a switch while it ran is served again on the new version, so once a gateway has
+    applied a switch (and said so in its heartbeat) it answers nothing on the old one."""
     gw = request.app[GATEWAY]
     cfg = gw.config
     task.validate(items, max_items=cfg.max_batch, max_chars=cfg.max_chars)
     call_deadline = deadline(request, cfg.default_deadline_ms)
-    route = gw.route(request, items)
+    for _ in range(REROUTES):
+        route = gw.route(request, items)
 
-    async def compute(misses: list[I]) -> list[R]:
-        answer = await gw.fetch(task.path, task.request(misses), task.response, route, request, call_deadline)
-        return list(answer.results)
+        async def compute(misses: list[I], route: Route = route) -> list[R]:
+            answer = await gw.fetch(task.path, task.request(misses), task.response, route, request, call_deadline)
+            return list(answer.results)
 
-    return route, await gw.lookup(task.cache(gw), task.name, route, items, compute)
+        results = await gw.lookup(task.cache(gw), task.name, route, items, compute)
+        if gw.still_current(route, request, items):
+            return route, results
+    raise Unavailable(f"the active version changed {REROUTES} times during this call", retry_after_s=1)
 
 
 async def similarity(request: web.Request) -> web.Response:

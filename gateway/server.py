@@ -9,26 +9,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import ssl
+from datetime import UTC, datetime
 
 import aiohttp
+import msgspec
 from aiohttp import web
 
+from gateway.admin import Admin
 from gateway.app import create_app
+from gateway.auth import TokenBook
 from gateway.balancer import Balancer
 from gateway.cache import ResultCache
+from gateway.drills import Drills
 from gateway.geo import GeoResolver, parse_networks
 from gateway.geoip_build import default_output
 from gateway.health import HealthChecker
 from gateway.http1 import Http1Pool
 from gateway.metrics import GatewayMetrics
+from gateway.prechecks import load_golden
 from gateway.proxy import Gateway
+from gateway.stats import StatsBook
 from gateway.topology import NodeSpec, Topology
 from gateway.upstream import Upstream
+from gateway.watch import SwitchWatch
 from shared.config import GatewayConfig
 from shared.errors import StoreUnavailable
-from shared.heartbeats import Heartbeats, merge_topology
+from shared.heartbeats import GatewayHeartbeat, HeartbeatPublisher, Heartbeats, NodeHeartbeat, merge_topology
 from shared.registry import Registry, RegistryWatcher
 from shared.store import Stores, open_stores
 
@@ -55,7 +64,7 @@ async def serve(config: GatewayConfig, topology: Topology, *, stores: Stores | N
     health = HealthChecker(config, session, metrics)  # probes: aiohttp (low rate, full client)
     upstream_client = Http1Pool(ssl_context=client_ssl, connect_timeout_s=config.connect_timeout_ms / 1000)
     balancer = Balancer(topology, health)
-    heartbeats = Heartbeats(stores.registry, namespace=config.namespace)
+    heartbeats: Heartbeats[NodeHeartbeat] = Heartbeats(stores.registry, namespace=config.namespace)
     await _refresh_nodes(topology, heartbeats, health, balancer)
     refresher = asyncio.create_task(_keep_refreshing(topology, heartbeats, health, balancer), name="node-refresh")
     caching = config.cache_ttl_s > 0
@@ -65,24 +74,35 @@ async def serve(config: GatewayConfig, topology: Topology, *, stores: Stores | N
     geo = GeoResolver(db_path=geoip_db, countries=topology.countries, default_region=config.home_default,
                       trusted_proxies=parse_networks(config.trusted_proxies),
                       cdn_country_header=config.cdn_country_header)
+    stats = StatsBook()
     gateway = Gateway(
         config=config, geo=geo, watcher=watcher, balancer=balancer,
-        upstream=Upstream(config, upstream_client, health, balancer, metrics), metrics=metrics,
+        upstream=Upstream(config, upstream_client, health, balancer, metrics, stats), metrics=metrics,
         similarity_cache=ResultCache.for_similarity(stores.cache, **options) if caching else None,
         parse_cache=ResultCache.for_parse(stores.cache, **options) if caching else None,
+        stats=stats,
     )
-    runner = web.AppRunner(create_app(gateway), access_log=None, handle_signals=False,
-                           shutdown_timeout=config.drain_timeout_s)
-    await runner.setup()
     server_ssl = None
     if config.tls_cert and config.tls_key:
         server_ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         server_ssl.load_cert_chain(config.tls_cert, config.tls_key)
-    site = web.TCPSite(runner, config.host, config.port, ssl_context=server_ssl, backlog=2048, reuse_port=True)
-    await site.start()
     scheme = "https" if server_ssl else "http"
-    log.info("gateway for region %s listening on %s://%s:%d (store %s, %d configured nodes)", config.region, scheme,
-             config.host, config.port, stores.registry.name, len(topology.nodes))
+    own_url = f"{scheme}://{config.host}:{config.port}"
+    publisher = _gateway_heartbeat(config, stores, watcher, stats, own_url)
+    admin = _admin(config, gateway, stores, session, heartbeats, publisher)
+    runners = [web.AppRunner(create_app(gateway, admin if not config.admin_port else None), access_log=None,
+                             handle_signals=False, shutdown_timeout=config.drain_timeout_s)]
+    if config.admin_port:  # the admin API on a port of its own (a network policy can then fence it off)
+        runners.append(web.AppRunner(create_app(gateway, admin, scoring=False), access_log=None,
+                                     handle_signals=False, shutdown_timeout=config.drain_timeout_s))
+    for runner, port in zip(runners, (config.port, config.admin_port)):
+        await runner.setup()
+        site = web.TCPSite(runner, config.host, port, ssl_context=server_ssl, backlog=2048, reuse_port=True)
+        await site.start()
+    publisher.start()
+    log.info("gateway for region %s listening on %s (admin %s; store %s, %d configured nodes)", config.region,
+             own_url, f"port {config.admin_port}" if config.admin_port else "on the same port",
+             stores.registry.name, len(topology.nodes))
 
     if stop is None:
         stop = asyncio.Event()
@@ -91,7 +111,12 @@ async def serve(config: GatewayConfig, topology: Topology, *, stores: Stores | N
             loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("stopping: draining (up to %.0f s)", config.drain_timeout_s)
-    await runner.cleanup()  # stops accepting, waits for in-flight handlers
+    publisher.update(msgspec.structs.replace(publisher.beat, state="draining"), now=True)
+    for runner in runners:
+        await runner.cleanup()  # stops accepting, waits for in-flight handlers
+    admin.watch.stop()
+    with contextlib.suppress(StoreUnavailable):
+        await publisher.stop(deregister=True)
     refresher.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await refresher
@@ -104,6 +129,46 @@ async def serve(config: GatewayConfig, topology: Topology, *, stores: Stores | N
     geo.close()
     log.info("stopped")
     return 0
+
+
+def _gateway_heartbeat(config: GatewayConfig, stores: Stores, watcher: RegistryWatcher, stats: StatsBook,
+                       url: str) -> HeartbeatPublisher[GatewayHeartbeat]:
+    """Says which epoch this gateway serves by (a switch waits for it) and its traffic."""
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+
+    def beat() -> GatewayHeartbeat:
+        recent = {name: stats.snapshot(name, 10) for name in sorted(stats.series) if not name.startswith("node:")}
+        return GatewayHeartbeat(config.region, url, os.getpid(), started, watcher.snapshot.epoch,
+                                msgspec.to_builtins(recent))
+
+    beats = Heartbeats.gateways(stores.registry, config.namespace, config.heartbeat_ttl_s)
+    publisher = HeartbeatPublisher(beats, beat(), refresh=beat)
+    watcher.on_change(lambda record: publisher.update(now=True))  # acknowledge a new epoch at once
+    return publisher
+
+
+def _admin(config: GatewayConfig, gateway: Gateway, stores: Stores, session: aiohttp.ClientSession,
+           nodes: Heartbeats[NodeHeartbeat], publisher: HeartbeatPublisher[GatewayHeartbeat]) -> Admin:
+    watcher = gateway.watcher
+
+    async def set_state(region: str, state: str, who: str, why: str) -> None:
+        record = await watcher.registry.set_region_state(region, state, who=who, why=why)
+        await watcher.apply(record)
+        publisher.update(now=True)
+
+    async def node_pids(region: str) -> list[int]:
+        local = ("127.", "localhost", "[::1]")
+        return [b.pid for b in await nodes.live()
+                if b.region == region and b.pid and b.url.split("://", 1)[-1].startswith(local)]
+
+    drills = Drills(gateway.stats, f"{config.region} pid {os.getpid()}", can_kill=config.drill_kill,
+                    set_state=set_state, node_pids=node_pids)
+    gateway.drills = drills
+    return Admin(
+        tokens=TokenBook.load(config.admin_tokens_file), gateways=publisher.heartbeats, nodes=nodes,
+        session=session, golden=load_golden(config.golden_file), watch=SwitchWatch(watcher, gateway.stats, config),
+        drills=drills, publish_now=lambda: publisher.update(now=True),
+    )
 
 
 async def _refresh_nodes(topology: Topology, heartbeats: Heartbeats, health: HealthChecker,

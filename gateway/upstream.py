@@ -24,6 +24,7 @@ from gateway.balancer import Balancer, Plan
 from gateway.health import HealthChecker, NodeState
 from gateway.http1 import Http1Error, Http1Pool
 from gateway.metrics import GatewayMetrics
+from gateway.stats import StatsBook
 from shared.config import GatewayConfig
 from shared.errors import DeadlineExceeded, GeogateError, Unavailable
 
@@ -83,8 +84,9 @@ class RetryBudget:
 
 class Upstream:
     def __init__(self, config: GatewayConfig, client: Http1Pool, health: HealthChecker,
-                 balancer: Balancer, metrics: GatewayMetrics) -> None:
+                 balancer: Balancer, metrics: GatewayMetrics, stats: StatsBook | None = None) -> None:
         self.config = config
+        self.stats = stats or StatsBook()  # per node: the admin status's error rate and p99
         self.client = client
         self.health = health
         self.balancer = balancer
@@ -196,16 +198,19 @@ class Upstream:
         region = node.spec.region
         node.outstanding += 1
         started = time.perf_counter()
+        series = self.stats(f"node:{node.url}")
         try:
             answer = await self.client.request("POST", node.url, path, payload, headers,
                                                min(self.config.attempt_timeout_ms / 1000, remaining))
         except (Http1Error, TimeoutError, OSError) as exc:
+            series.record((time.perf_counter() - started) * 1000, ok=False)
             self._failed(node, type(exc).__name__)
             return None, type(exc).__name__
         finally:
             node.outstanding -= 1
         status, body, served = answer.status, answer.body, answer.headers.get("x-model-version")
         elapsed = time.perf_counter() - started
+        series.record(elapsed * 1000, ok=status < 500 and (status != 200 or served == version))
         self.metrics.attempt_latency(region).observe(elapsed)
         if status == 200 and served == version:
             self.health.call_succeeded(node, elapsed * 1000)

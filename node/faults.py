@@ -1,6 +1,7 @@
-"""Fault injection for tests and failover drills: delays and holds, configured through
-``fault_*`` settings and off by default. A hold waits for a file to appear, so a test
-decides exactly when the node may go on, without racing a timer."""
+"""Fault injection for tests and failover drills: delays, holds and failures, configured
+through ``fault_*`` settings and off by default. A hold waits for a file to appear, and a
+failure lasts while its file exists, so a test decides exactly when, without racing a
+timer."""
 
 from __future__ import annotations
 
@@ -18,10 +19,15 @@ class Faults:
     delay_ms: float = 0.0
     hold_load_file: str | None = None
     hold_inference_file: str | None = None
+    fail_file: str | None = None
 
     @property
     def active(self) -> bool:
-        return bool(self.delay_ms or self.hold_load_file or self.hold_inference_file)
+        return bool(self.delay_ms or self.hold_load_file or self.hold_inference_file or self.fail_file)
+
+    def failing(self) -> bool:
+        """Scoring calls answer 500 while this is true (health probes still pass)."""
+        return self.fail_file is not None and Path(self.fail_file).exists()
 
     def before_load(self) -> None:
         _wait_for(self.hold_load_file)

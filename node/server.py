@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import ssl
 from datetime import UTC, datetime
@@ -85,6 +86,7 @@ def _start_heartbeat(config: NodeConfig, service: NodeService, started_at: str) 
         model_version=service.model.model_version,
         sha256=service.model.checksum,
         started_at=started_at,
+        pid=os.getpid(),
     )
     publisher = HeartbeatPublisher(Heartbeats(open_store(config.registry_url), ttl_s=config.heartbeat_ttl_s), beat)
     publisher.start()

@@ -21,7 +21,7 @@ from node.faults import Faults
 from node.identity import ChecksumMismatch
 from node.metrics import NodeMetrics
 from shared.config import NodeConfig
-from shared.errors import Unavailable
+from shared.errors import ModelError, Unavailable
 from shared.schemas import ParseResult, SimilarityResult
 
 __all__ = ["NodeService", "State"]
@@ -48,6 +48,7 @@ class NodeService:
             delay_ms=config.fault_delay_ms,
             hold_load_file=config.fault_hold_load_file,
             hold_inference_file=config.fault_hold_inference_file,
+            fail_file=config.fault_fail_file,
         )
         self.state: State = "loading"
         self.error: str | None = None
@@ -146,6 +147,8 @@ class NodeService:
     def _batcher(self, task: Task) -> Batcher[Any, Any]:
         if self.state != "ready":
             raise Unavailable(f"the node is {self.state}", retry_after_s=1)
+        if self.faults.failing():
+            raise ModelError(f"FAULT: failing while {self.faults.fail_file} exists")
         batcher = self._batchers.get(task)
         if batcher is None:
             raise Unavailable(f"this node serves no {task} model")

@@ -89,6 +89,7 @@ class NodeConfig:
     fault_delay_ms: float = _opt(0.0, "FAULT: extra delay before every forward pass")
     fault_hold_load_file: str | None = _opt(None, "FAULT: do not load the model until this file exists")
     fault_hold_inference_file: str | None = _opt(None, "FAULT: no forward pass runs until this file exists")
+    fault_fail_file: str | None = _opt(None, "FAULT: scoring calls answer 500 while this file exists")
 
     def __post_init__(self) -> None:
         _check(self.color in COLORS, "color", f"must be one of {COLORS}, not {self.color!r}")
@@ -153,9 +154,29 @@ class GatewayConfig:
     log_level: str = _opt("info", "debug, info, warning or error")
     log_json: bool = _opt(True, "log JSON lines (false: plain text)")
     access_log: bool = _opt(True, "log one JSON line per request (with its request id)")
+    # -- admin API (issue 6) --
+    admin_tokens_file: str | None = _opt(None, "YAML file of admin tokens as SHA-256 hashes with name and role; "
+                                         "none: every admin call is refused (401)")
+    admin_port: int = _opt(0, "serve /admin/v1 on this port only (0: on the main port)")
+    admin_tls_only: bool = _opt(False, "refuse admin calls that did not arrive over TLS")
+    heartbeat_ttl_s: float = _opt(6.0, "this gateway's heartbeat lifetime in the store (refreshed every third)")
+    switch_ack_timeout_s: float = _opt(5.0, "how long a switch waits for every live gateway to apply it")
+    switch_min_ready: int = _opt(1, "pre-check: healthy nodes of the target color each active region needs")
+    golden_file: str | None = _opt(None, "extra golden pairs/addresses (JSON) added to the shipped set")
+    golden_max_disagreement: float = _opt(0.05, "pre-check: share of golden items whose label/elements may differ")
+    golden_max_drift: float = _opt(0.25, "pre-check: largest allowed score difference on a golden pair")
+    watch_window_s: float = _opt(30.0, "after a switch, how long the new color is compared with the old (0: off)")
+    watch_max_error_rate: float = _opt(0.05, "watch: roll back when the new color's error rate exceeds the old "
+                                       "color's by this much")
+    watch_p99_factor: float = _opt(3.0, "watch: roll back when the new color's p99 exceeds this times the old's")
+    watch_min_calls: int = _opt(20, "watch: calls on the new color before it is judged")
+    retention_s: float = _opt(3600.0, "how long the previous color is kept warm for a rollback (reported)")
+    drill_kill: bool = _opt(False, "allow kill drills: SIGKILL a region's nodes by the pid in their heartbeat "
+                            "(only where nodes run on this host and something restarts them, as under geogate up)")
 
     def __post_init__(self) -> None:
         _check(0 <= self.port <= 65535, "port", "must be 0..65535")
+        _check(0 <= self.admin_port <= 65535, "admin_port", "must be 0..65535")
         _check(bool(self.region.strip()), "region", "must not be empty")
         _check((self.tls_cert is None) == (self.tls_key is None), "tls_cert", "tls_cert and tls_key go together")
         for name in ("workers", "probe_interval_s", "eject_base_s", "max_batch", "max_chars", "max_body_bytes",

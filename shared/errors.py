@@ -30,6 +30,7 @@ __all__ = [
     "DeadlineExceeded",
     "ErrorBody",
     "ErrorDetail",
+    "Forbidden",
     "GeogateError",
     "InputTooLong",
     "InvalidHeader",
@@ -40,7 +41,9 @@ __all__ = [
     "NotFound",
     "Overloaded",
     "PayloadTooLarge",
+    "PrecheckFailed",
     "StoreUnavailable",
+    "Unauthorized",
     "Unavailable",
     "error_body",
 ]
@@ -92,6 +95,31 @@ class BatchTooLarge(InvalidRequest):
 
 class InputTooLong(InvalidRequest):
     code = "input_too_long"
+
+
+class Unauthorized(GeogateError):
+    """No credentials, or ones that match nothing (the message never echoes them)."""
+
+    status = 401
+    code = "unauthorized"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="geogate"'}
+
+
+class Forbidden(GeogateError):
+    """Known credentials whose role does not allow this."""
+
+    status = 403
+    code = "forbidden"
+
+
+class PrecheckFailed(GeogateError):
+    """A checked change (a switch) whose pre-checks failed: the error body also carries
+    the pre-check report, so the operator sees what to fix."""
+
+    status = 422
+    code = "precheck_failed"
 
 
 class NotFound(GeogateError):

@@ -1,8 +1,11 @@
-"""Node heartbeats: each node registers itself in the store with a TTL and refreshes it.
+"""Heartbeats: each node and each gateway registers itself in the store with a TTL and
+refreshes it.
 
-A node that dies stops refreshing and disappears when its TTL lapses; a node that
-drains removes itself at once. Gateways read the live set (``Heartbeats.live``) and
-merge it with their static configuration (``merge_topology``).
+A process that dies stops refreshing and disappears when its TTL lapses; one that drains
+removes itself at once. Gateways read the live nodes (``Heartbeats.live``) and merge them
+with their static configuration (``merge_topology``); the admin API reads the live
+gateways, whose heartbeats carry the registry epoch they apply (a switch waits for it)
+and their recent traffic.
 """
 
 from __future__ import annotations
@@ -10,19 +13,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any, Generic, TypeVar
 
 import msgspec
 
 from shared.errors import StoreUnavailable
 from shared.store import Store
 
-__all__ = ["HeartbeatPublisher", "Heartbeats", "NodeHeartbeat", "TopologyNode", "merge_topology"]
+__all__ = ["GatewayHeartbeat", "HeartbeatPublisher", "Heartbeats", "NodeHeartbeat", "TopologyNode", "merge_topology"]
 
 log = logging.getLogger("geogate.heartbeats")
 
 
-class NodeHeartbeat(msgspec.Struct, frozen=True):
+class _Beat(msgspec.Struct, frozen=True):
+    @property
+    def key(self) -> str:  # unique per process within its kind
+        raise NotImplementedError
+
+
+class NodeHeartbeat(_Beat, frozen=True):
     region: str
     color: str
     url: str
@@ -30,58 +40,102 @@ class NodeHeartbeat(msgspec.Struct, frozen=True):
     sha256: str
     started_at: str  # ISO 8601, UTC
     state: str = "ready"  # the node's own state: ready or draining
+    pid: int = 0  # lets a kill drill on the same host find it (geogate up)
+
+    @property
+    def key(self) -> str:
+        return f"{self.region}:{self.color}:{self.url}"
 
 
-class Heartbeats:
-    def __init__(self, store: Store, namespace: str = "geogate", ttl_s: float = 10.0) -> None:
+class GatewayHeartbeat(_Beat, frozen=True):
+    region: str
+    url: str
+    pid: int
+    started_at: str  # ISO 8601, UTC
+    epoch: int  # the registry epoch this gateway serves by
+    stats: dict[str, Any] = {}  # recent traffic (gateway.stats snapshots), for status pages
+    state: str = "serving"  # serving or draining
+
+    @property
+    def key(self) -> str:
+        return f"{self.region}:{self.url}:{self.pid}"
+
+
+B = TypeVar("B", bound=_Beat)
+
+
+class Heartbeats(Generic[B]):
+    """The live set of one kind of process (``node`` or ``gateway``)."""
+
+    def __init__(self, store: Store, namespace: str = "geogate", ttl_s: float = 10.0, *,
+                 kind: str = "node", struct: type[B] = NodeHeartbeat) -> None:  # type: ignore[assignment]
         self.store = store
         self.ttl_s = ttl_s
-        self._prefix = f"{namespace}:node:"
-        self._decode = msgspec.json.Decoder(NodeHeartbeat).decode
+        self._prefix = f"{namespace}:{kind}:"
+        self._decode: Callable[[bytes], B] = msgspec.json.Decoder(struct).decode
 
-    def key(self, beat: NodeHeartbeat) -> str:
-        return f"{self._prefix}{beat.region}:{beat.color}:{beat.url}"
+    @classmethod
+    def gateways(cls, store: Store, namespace: str = "geogate", ttl_s: float = 6.0) -> Heartbeats[GatewayHeartbeat]:
+        return Heartbeats(store, namespace, ttl_s, kind="gateway", struct=GatewayHeartbeat)
 
-    async def beat(self, beat: NodeHeartbeat) -> None:
+    def key(self, beat: B) -> str:
+        return self._prefix + beat.key
+
+    async def beat(self, beat: B) -> None:
         await self.store.set(self.key(beat), msgspec.json.encode(beat), ttl_s=self.ttl_s)
 
-    async def remove(self, beat: NodeHeartbeat) -> None:
+    async def remove(self, beat: B) -> None:
         await self.store.delete(self.key(beat))
 
-    async def live(self) -> list[NodeHeartbeat]:
-        """Every node whose heartbeat has not lapsed, sorted by region, color, url."""
+    async def live(self) -> list[B]:
+        """Every heartbeat that has not lapsed, sorted by key (region first)."""
         out = []
         for key, raw in (await self.store.scan(self._prefix)).items():
             try:
                 out.append(self._decode(raw))
             except msgspec.DecodeError:
                 log.warning("ignoring an undecodable heartbeat at %s", key)
-        return sorted(out, key=lambda b: (b.region, b.color, b.url))
+        return sorted(out, key=lambda b: b.key)
 
 
-class HeartbeatPublisher:
-    """Refreshes one node's heartbeat every third of its TTL until stopped; a store that
-    is down is retried on the next tick, never fatal to the node."""
+class HeartbeatPublisher(Generic[B]):
+    """Refreshes one heartbeat every third of its TTL until stopped, and at once after
+    ``update(..., now=True)``; a store that is down is retried on the next tick, never
+    fatal to the process."""
 
-    def __init__(self, heartbeats: Heartbeats, beat: NodeHeartbeat) -> None:
-        self.heartbeats = heartbeats
-        self.beat = beat
+    def __init__(self, heartbeats: Heartbeats[B], beat: B, refresh: Callable[[], B] | None = None) -> None:
+        self.heartbeats: Heartbeats[B] = heartbeats
+        self.beat: B = beat
+        self._refresh = refresh  # rebuilds the beat on every tick (a gateway's epoch and traffic)
         self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="heartbeat")
 
-    def update(self, beat: NodeHeartbeat) -> None:
-        self.beat = beat
+    def update(self, beat: B | None = None, *, now: bool = False) -> None:
+        if beat is not None:
+            self.beat = beat
+        if now:
+            self._wake.set()
 
     async def _run(self) -> None:
         interval = self.heartbeats.ttl_s / 3
         while True:
+            self._wake.clear()
+            if self._refresh is not None:
+                self.beat = self._refresh()
             try:
                 await self.heartbeats.beat(self.beat)
             except StoreUnavailable as exc:
                 log.warning("heartbeat not published: %s", exc)
-            await asyncio.sleep(interval)
+            # asyncio.wait, not wait_for: Python 3.11's wait_for can swallow a cancellation
+            # that arrives as the event is set (a stop right after update(now=True))
+            woken = asyncio.ensure_future(self._wake.wait())
+            try:
+                await asyncio.wait({woken}, timeout=interval)
+            finally:
+                woken.cancel()
 
     async def stop(self, *, deregister: bool = True) -> None:
         if self._task is not None:

@@ -254,7 +254,9 @@ class Deployment:
         return argv
 
     def _write_gateway_file(self) -> None:
-        extra: dict[str, Any] = {"registry_url": self.store_url, "namespace": self.opt.namespace}
+        extra: dict[str, Any] = {"registry_url": self.store_url, "namespace": self.opt.namespace,
+                                 "admin_tokens_file": str(self.run_dir / "admin-tokens.yaml"),
+                                 "drill_kill": True}  # nodes run here and the launcher restarts them
         if self.geoip_db:
             extra["geoip_db"] = self.geoip_db
         if self.tls:
@@ -353,11 +355,18 @@ class Deployment:
     # -- what the run leaves for scripts and people -------------------------------------------
 
     def _write_admin_token(self) -> None:
+        """A fresh admin token per run: the token in ``admin-token`` (mode 0600) for the
+        operator, only its hash in ``admin-tokens.yaml`` for the gateways."""
+        from gateway.auth import hash_token
+
         path = self.run_dir / "admin-token"
-        if not path.exists():
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(secrets.token_urlsafe(32) + "\n")
+        path.unlink(missing_ok=True)
+        token = secrets.token_urlsafe(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(token + "\n")
+        book = {"tokens": [{"name": "local-admin", "role": "admin", "sha256": hash_token(token)}]}
+        _write_atomic(self.run_dir / "admin-tokens.yaml", yaml.safe_dump(book).encode())
 
     def endpoints(self) -> dict[str, Any]:
         return {

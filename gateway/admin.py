@@ -1,0 +1,332 @@
+"""The admin API under ``/admin/v1/``: status, color registration, verified blue/green
+switch with a watch window, rollback, canary, region drain/fail/restore, drills, audit,
+and a dry run of routing.
+
+Every change is a POST, needs a role (``gateway.auth``), a ``reason``, and goes through
+the registry's epoch CAS, which writes the audit entry (who, when, why, before, after).
+A switch or rollback answers only once every live gateway has applied the new epoch (they
+say so in their heartbeats), so that after the answer no gateway serves the old version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import aiohttp
+import msgspec
+from aiohttp import web
+
+from gateway.auth import Principal, TokenBook
+from gateway.drills import Drills
+from gateway.prechecks import GoldenSet, SwitchReport, precheck
+from gateway.proxy import GATEWAY, Gateway
+from gateway.watch import SwitchWatch
+from shared.errors import Conflict, Forbidden, InvalidRequest, NotFound, PrecheckFailed, StoreUnavailable
+from shared.heartbeats import GatewayHeartbeat, Heartbeats, NodeHeartbeat
+from shared.http import json_response, read_body, request_id
+from shared.registry import RegistryRecord
+from shared.schemas import decode, encode
+
+__all__ = ["ADMIN", "Admin", "add_admin_routes"]
+
+Reason = Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
+_COLOR = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+Color = Annotated[str, msgspec.Meta(pattern=_COLOR.pattern)]
+
+
+class SwitchBody(msgspec.Struct, forbid_unknown_fields=True):
+    to: Color
+    reason: Reason
+    dry_run: bool = False
+    expected_epoch: int | None = None
+
+
+class ReasonBody(msgspec.Struct, forbid_unknown_fields=True):
+    reason: Reason
+    expected_epoch: int | None = None
+
+
+class ColorBody(msgspec.Struct, forbid_unknown_fields=True):
+    model_version: Annotated[str, msgspec.Meta(min_length=3, max_length=200)]
+    sha256: Annotated[str, msgspec.Meta(pattern=r"^([0-9a-f]{64})?$")]
+    reason: Reason
+    expected_epoch: int | None = None
+
+
+class CanaryBody(msgspec.Struct, forbid_unknown_fields=True):
+    percent: Annotated[float, msgspec.Meta(ge=0, le=100)]
+    reason: Reason
+    expected_epoch: int | None = None
+
+
+class DrillBody(msgspec.Struct, forbid_unknown_fields=True):
+    region: str
+    reason: Reason
+    duration_s: Annotated[float, msgspec.Meta(gt=0, le=600)] = 30.0
+    mode: str = "fail"
+    wait: bool = False
+
+
+@dataclass
+class Admin:
+    tokens: TokenBook
+    gateways: Heartbeats[GatewayHeartbeat]
+    nodes: Heartbeats[NodeHeartbeat]
+    session: aiohttp.ClientSession  # for the golden set (the probes' session)
+    golden: GoldenSet
+    watch: SwitchWatch
+    drills: Drills
+    publish_now: Callable[[], None]  # this gateway's heartbeat, at once (after it applied an epoch)
+    _switching: asyncio.Lock | None = None
+
+    @property
+    def lock(self) -> asyncio.Lock:
+        if self._switching is None:
+            self._switching = asyncio.Lock()
+        return self._switching
+
+
+ADMIN = web.AppKey("admin", Admin)
+
+
+def _ctx(request: web.Request, role: str) -> tuple[Gateway, Admin, Principal]:
+    gw, admin = request.app[GATEWAY], request.app[ADMIN]
+    if gw.config.admin_tls_only and not request.secure:
+        raise Forbidden("the admin API is served over TLS only here")
+    return gw, admin, admin.tokens.require(request, role)
+
+
+def _json(obj: Any, status: int = 200) -> web.Response:
+    return json_response(encode(obj), status)
+
+
+async def _body(request: web.Request, kind: type[Any]) -> Any:
+    return decode(await read_body(request, 64 * 1024), kind)
+
+
+# -- reads ---------------------------------------------------------------------------------
+
+
+async def status(request: web.Request) -> web.Response:
+    gw, admin, _ = _ctx(request, "viewer")
+    snapshot = gw.watcher.snapshot
+    now = time.monotonic()
+    regions: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for node in sorted(gw.balancer.health.nodes.values(), key=lambda n: (n.spec.region, n.spec.color, n.url)):
+        recent = gw.stats.snapshot(f"node:{node.url}", 60)
+        regions.setdefault(node.spec.region, {}).setdefault(node.spec.color, []).append({
+            "url": node.url, "healthy": node.available(now), "model_version": node.model_version,
+            "checksum": node.checksum, "queue_depth": node.queue_depth, "outstanding": node.outstanding,
+            "ewma_ms": round(node.ewma_ms, 2), "error_rate": recent.error_rate, "p99_ms": recent.p99_ms,
+            "calls_60s": recent.count, "last_error": node.last_error or None,
+            "ejected_s": round(max(0.0, node.ejected_until - now), 1),
+        })
+    try:
+        gateways: list[GatewayHeartbeat] | None = await admin.gateways.live()
+        store = "ok"
+    except StoreUnavailable as exc:
+        gateways, store = None, f"unreachable: {exc}"
+    body = {
+        "registry": snapshot, "registry_age_s": round(gw.watcher.age_s, 3), "store": store,
+        "gateway": {"region": gw.config.region, "epoch": snapshot.epoch, "traffic_60s": gw.stats.snapshot("all", 60)},
+        "regions": {r: {"state": snapshot.region_state(r), "colors": regions.get(r, {})}
+                    for r in sorted(set(regions) | set(snapshot.regions))},
+        "gateways": gateways, "watch": admin.watch.last,
+        "drill": admin.drills.active.report if admin.drills.active else None,
+        "retention_s": gw.config.retention_s,
+    }
+    return _json(body)
+
+
+async def audit(request: web.Request) -> web.Response:
+    gw, _, _ = _ctx(request, "viewer")
+    try:
+        count = int(request.query.get("count", "50"))
+    except ValueError as exc:
+        raise InvalidRequest("count must be a whole number") from exc
+    if not 1 <= count <= 1000:
+        raise InvalidRequest("count must be within 1..1000")
+    return _json({"entries": await gw.watcher.registry.audit(count)})
+
+
+async def route(request: web.Request) -> web.Response:
+    """A dry run of routing for a client address: no call is made."""
+    gw, _, _ = _ctx(request, "viewer")
+    text = request.query.get("ip", "")
+    try:
+        ip = ipaddress.ip_address(text.strip())
+    except ValueError as exc:
+        raise InvalidRequest(f"ip must be an IPv4 or IPv6 address, not {text[:64]!r}") from exc
+    task = request.query.get("task", "similarity")
+    if task not in ("similarity", "parse"):
+        raise InvalidRequest("task must be similarity or parse")
+    snapshot = gw.watcher.snapshot
+    country = gw.geo.country(ip)
+    home = gw.geo.countries.get(country or "", gw.geo.default_region)
+    color = snapshot.active_color
+    version = snapshot.active_version() or ""
+    plan = gw.balancer.plan(home, snapshot, color, version)
+    node = None
+    for region in plan.regions:
+        picked = gw.balancer.pick(region, color, version, set())
+        if picked is not None:
+            node = {"url": picked.url, "region": region, "reason": plan.reason_for(region),
+                    "outstanding": picked.outstanding, "ewma_ms": round(picked.ewma_ms, 2)}
+            break
+    return _json({"ip": str(ip), "task": task, "country": country, "home": home,
+                  "how": "geoip" if country in gw.geo.countries else "default", "color": color, "version": version,
+                  "order": plan.regions, "skipped": plan.skipped, "node": node,
+                  "answer": "served" if node else "503: no region may serve this call"})
+
+
+# -- changes -------------------------------------------------------------------------------
+
+
+async def _changed(gw: Gateway, admin: Admin, record: RegistryRecord) -> dict[str, Any]:
+    """Apply ``record`` here at once, then wait until every live gateway has applied it."""
+    await gw.watcher.apply(record)
+    admin.publish_now()
+    deadline = time.monotonic() + gw.config.switch_ack_timeout_s
+    while True:
+        try:
+            live = await admin.gateways.live()
+        except StoreUnavailable:
+            live = []
+        behind = [g for g in live if g.epoch < record.epoch and g.state == "serving"]
+        if not behind or time.monotonic() > deadline:
+            return {"epoch": record.epoch, "gateways_applied": [f"{g.region} {g.url} pid {g.pid}" for g in live
+                                                                 if g not in behind],
+                    "gateways_not_confirmed": [f"{g.region} {g.url} pid {g.pid} (at epoch {g.epoch})"
+                                               for g in behind]}
+        await asyncio.sleep(0.02)
+
+
+async def register_color(request: web.Request) -> web.Response:
+    gw, admin, who = _ctx(request, "admin")
+    color = request.match_info["color"]
+    if not _COLOR.match(color):
+        raise InvalidRequest(f"a color is 1-32 lowercase letters, digits or '-', not {color[:40]!r}")
+    body: ColorBody = await _body(request, ColorBody)
+    record = await gw.watcher.registry.register_color(color, body.model_version, body.sha256, who=who.name,
+                                                      why=body.reason, expected_epoch=body.expected_epoch)
+    return _json({"registry": record, **await _changed(gw, admin, record)})
+
+
+async def switch(request: web.Request) -> web.Response:
+    gw, admin, who = _ctx(request, "operator")
+    body: SwitchBody = await _body(request, SwitchBody)
+    async with admin.lock:  # one switch at a time per gateway; across gateways the epoch CAS decides
+        snapshot = gw.watcher.snapshot
+        if body.to not in snapshot.colors:
+            raise InvalidRequest(f"color {body.to!r} is not registered (registered: {sorted(snapshot.colors)})")
+        if body.to == snapshot.active_color:
+            raise Conflict(f"{body.to} is already the active color (epoch {snapshot.epoch})", current=snapshot.epoch)
+        expected = body.expected_epoch if body.expected_epoch is not None else snapshot.epoch
+        report = await precheck(snapshot, body.to, gw.balancer.health, admin.session, gw.config, admin.golden)
+        if body.dry_run:
+            return _json({"dry_run": True, "would_switch": report.ok, "report": report})
+        if not report.ok:
+            raise _precheck_failed(report, request_id(request))
+        old = snapshot.active_color
+        baseline = gw.stats.snapshot(f"color:{old}", 59)
+        record = await gw.watcher.registry.switch(body.to, who=who.name, why=body.reason, expected_epoch=expected)
+        applied = await _changed(gw, admin, record)
+        watch = admin.watch.start(old, body.to, record.epoch, baseline)
+    return _json({"switched": True, "from": old, "to": body.to, "model_version": report.to_version,
+                  **applied, "report": report, "watch": watch,
+                  "previous_color_retained_s": gw.config.retention_s})
+
+
+def _precheck_failed(report: SwitchReport, rid: str) -> PrecheckFailed:
+    message = "switch refused: " + "; ".join(report.problems)
+    exc = PrecheckFailed(message)
+    exc.body = encode({"error": {"code": exc.code, "message": message, "request_id": rid}, "report": report})
+    return exc
+
+
+async def rollback(request: web.Request) -> web.Response:
+    gw, admin, who = _ctx(request, "operator")
+    body: ReasonBody = await _body(request, ReasonBody)
+    async with admin.lock:
+        snapshot = gw.watcher.snapshot
+        back = snapshot.preview_color
+        if back is None:
+            raise Conflict("there is no previous color to roll back to", current=snapshot.epoch)
+        admin.watch.stop()
+        expected = body.expected_epoch if body.expected_epoch is not None else snapshot.epoch
+        record = await gw.watcher.registry.switch(back, who=who.name, why=body.reason, expected_epoch=expected,
+                                                  action="rollback")
+        applied = await _changed(gw, admin, record)
+    return _json({"rolled_back": True, "from": snapshot.active_color, "to": back,
+                  "model_version": record.active_version(), **applied})
+
+
+async def canary(request: web.Request) -> web.Response:
+    gw, admin, who = _ctx(request, "operator")
+    body: CanaryBody = await _body(request, CanaryBody)
+    if body.percent > 0 and gw.watcher.snapshot.preview_color is None:
+        raise Conflict("no preview color is registered to take canary traffic")
+    record = await gw.watcher.registry.set_canary(body.percent, who=who.name, why=body.reason,
+                                                  expected_epoch=body.expected_epoch)
+    return _json({"canary_percent": record.canary_percent, "preview_color": record.preview_color,
+                  **await _changed(gw, admin, record)})
+
+
+_REGION_STATES = {"drain": "drained", "fail": "failed", "restore": "active"}
+
+
+def _known_region(gw: Gateway, region: str) -> None:
+    known = set(gw.watcher.snapshot.regions) | set(gw.balancer.topology.regions)
+    if region not in known:
+        raise NotFound(f"unknown region {region!r} (known: {sorted(known)})")
+
+
+async def region_action(request: web.Request) -> web.Response:
+    gw, admin, who = _ctx(request, "operator")
+    region, action = request.match_info["region"], request.match_info["action"]
+    if action not in _REGION_STATES:
+        raise NotFound(f"no region action {action!r}; use drain, fail or restore")
+    _known_region(gw, region)
+    body: ReasonBody = await _body(request, ReasonBody)
+    record = await gw.watcher.registry.set_region_state(region, _REGION_STATES[action], who=who.name,
+                                                        why=body.reason, expected_epoch=body.expected_epoch)
+    return _json({"region": region, "state": record.region_state(region), **await _changed(gw, admin, record)})
+
+
+async def start_drill(request: web.Request) -> web.Response:
+    gw, admin, who = _ctx(request, "operator")
+    body: DrillBody = await _body(request, DrillBody)
+    if body.mode not in ("fail", "drain", "kill"):
+        raise InvalidRequest("mode must be fail, drain or kill")
+    _known_region(gw, body.region)
+    drill = admin.drills.start(body.region, body.duration_s, body.mode, who.name, body.reason)
+    if body.wait:
+        return _json(await admin.drills.wait(drill))
+    return _json(drill.report, 202)
+
+
+async def get_drill(request: web.Request) -> web.Response:
+    _, admin, _ = _ctx(request, "viewer")
+    found = admin.drills.get(request.match_info["id"])
+    if found is None:
+        raise NotFound(f"no drill {request.match_info['id']!r} on this gateway")
+    return _json(found)
+
+
+def add_admin_routes(app: web.Application) -> None:
+    app.router.add_get("/admin/v1/status", status)
+    app.router.add_get("/admin/v1/audit", audit)
+    app.router.add_get("/admin/v1/route", route)
+    app.router.add_post("/admin/v1/colors/{color}", register_color)
+    app.router.add_post("/admin/v1/switch", switch)
+    app.router.add_post("/admin/v1/rollback", rollback)
+    app.router.add_post("/admin/v1/canary", canary)
+    app.router.add_post("/admin/v1/regions/{region}/{action}", region_action)
+    app.router.add_post("/admin/v1/drills", start_drill)
+    app.router.add_get("/admin/v1/drills/{id}", get_drill)
