@@ -82,6 +82,7 @@ class Drill:
     def __init__(self, report: DrillReport) -> None:
         self.report = report
         self.events: list[tuple[float, str, bool, float]] = []  # (monotonic time, served region, ok, ms)
+        self.started = time.monotonic()
         self.applied_at = 0.0  # when the state change took effect here
         self.restored_at = 0.0
 
@@ -116,6 +117,7 @@ class Drills:
 
     def get(self, drill_id: str) -> DrillReport | None:
         if self.active is not None and self.active.report.id == drill_id:
+            self.active.report.elapsed_s = round(time.monotonic() - self.active.started, 2)
             return self.active.report
         return self.done.get(drill_id)
 
@@ -140,7 +142,7 @@ class Drills:
 
     async def _run(self, drill: Drill) -> None:
         r = drill.report
-        started = time.monotonic()
+        started = drill.started
         try:
             if r.mode == "kill":
                 r.killed_pids = await self._kill(r.region)

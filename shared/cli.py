@@ -19,11 +19,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    from gateway.admin_cli import add_parser as add_admin
     from gateway.cli import add_parser as add_gateway
     from node.cli import add_parser as add_node
 
     add_node(sub)
     add_gateway(sub)
+    add_admin(sub)
 
     mgeo = sub.add_parser("mgeo", help="MGeo model tools")
     mgeo_sub = mgeo.add_subparsers(dest="mgeo_command", required=True, metavar="COMMAND")
