@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import aiohttp
 import msgspec
@@ -36,8 +35,8 @@ from shared.schemas import decode, encode
 __all__ = ["ADMIN", "Admin", "add_admin_routes"]
 
 Reason = Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
-_COLOR = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
-Color = Annotated[str, msgspec.Meta(pattern=_COLOR.pattern)]
+COLORS = ("blue", "green")  # DESIGN.md: every region runs nodes of both, one active
+Color = Literal["blue", "green"]
 
 
 class SwitchBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -210,8 +209,8 @@ async def _changed(gw: Gateway, admin: Admin, record: RegistryRecord) -> dict[st
 async def register_color(request: web.Request) -> web.Response:
     gw, admin, who = _ctx(request, "admin")
     color = request.match_info["color"]
-    if not _COLOR.match(color):
-        raise InvalidRequest(f"a color is 1-32 lowercase letters, digits or '-', not {color[:40]!r}")
+    if color not in COLORS:
+        raise NotFound(f"no color {color[:40]!r}; colors are {', '.join(COLORS)}")
     body: ColorBody = await _body(request, ColorBody)
     record = await gw.watcher.registry.register_color(color, body.model_version, body.sha256, who=who.name,
                                                       why=body.reason, expected_epoch=body.expected_epoch)

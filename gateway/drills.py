@@ -81,15 +81,15 @@ class Drill:
 
     def __init__(self, report: DrillReport) -> None:
         self.report = report
-        self.events: list[tuple[float, str, bool, float]] = []  # (monotonic time, served region, ok, ms)
+        self.events: list[tuple[float, str, bool, float]] = []  # (monotonic arrival, served region, ok, ms)
         self.started = time.monotonic()
         self.applied_at = 0.0  # when the state change took effect here
         self.restored_at = 0.0
 
     def observe(self, served: str, ok: bool, ms: float) -> None:
         now = time.monotonic()
-        if len(self.events) < MAX_EVENTS:
-            self.events.append((now, served, ok, ms))
+        if len(self.events) < MAX_EVENTS:  # by arrival: a call in flight when the region failed belongs before
+            self.events.append((now - ms / 1000, served, ok, ms))
         r = self.report
         if ok and served != r.region and self.applied_at and r.reroute_ms is None:
             r.reroute_ms = round((now - self.applied_at) * 1000, 1)
