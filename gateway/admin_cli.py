@@ -142,7 +142,6 @@ async def _main(args: argparse.Namespace) -> int:
             report = await call("POST", "admin/v1/drills", body)
             while report["state"] in ("running", "recovering"):
                 if not args.json:
-                    during = report.get("during") or {}
                     print(f"\r{time.strftime('%H:%M:%S')} drill {report['id']} {report['region']} {report['state']}: "
                           f"{report.get('elapsed_s', 0):.0f}/{args.duration_s:.0f} s", end="", flush=True)
                 await asyncio.sleep(0.5)
@@ -169,9 +168,9 @@ def _show(args: argparse.Namespace, data: dict[str, Any], text: Any) -> int:
 def _status_text(d: dict[str, Any]) -> str:
     reg = d["registry"]
     colors = reg.get("colors", {})
-    out = [f"registry epoch {reg['epoch']} (age {d['registry_age_s']} s, store {d['store']}); "
-           f"ACTIVE {reg['active_color']} {colors.get(reg['active_color'], {}).get('model_version', '?')}; "
-           f"canary {reg['canary_percent']:g}%", ""]
+    out = [(f"registry epoch {reg['epoch']} (age {d['registry_age_s']} s, store {d['store']}); "
+            f"ACTIVE {reg['active_color']} {colors.get(reg['active_color'], {}).get('model_version', '?')}; "
+            f"canary {reg['canary_percent']:g}%"), ""]
     out.append(f"{'REGION':14s} {'STATE':8s} {'COLOR':6s} {'NODES':>6s}  {'VERSION':40s} {'QUEUE':>5s} {'ERR':>6s} "
                f"{'P99 MS':>7s}")
     for region, info in d["regions"].items():
@@ -213,8 +212,8 @@ def _changed_text(d: dict[str, Any]) -> str:
 
 def _switch_text(d: dict[str, Any]) -> str:
     r = d["report"]
-    lines = [f"pre-checks for {r['from_color']} ({r['from_version']}) -> {r['to_color']} ({r['to_version']}): "
-             f"{'passed' if r['ok'] else 'FAILED'}"]
+    lines = [(f"pre-checks for {r['from_color']} ({r['from_version']}) -> {r['to_color']} ({r['to_version']}): "
+              f"{'passed' if r['ok'] else 'FAILED'}")]
     for region in r["regions"]:
         lines.append(f"  {region['region']:14s} {region['state']:8s} ready {region['ready']}/{region['needed']} "
                      f"{'ok' if region['ok'] else 'NOT READY'}")
@@ -231,8 +230,8 @@ def _switch_text(d: dict[str, Any]) -> str:
 
 
 def _drill_text(r: dict[str, Any]) -> str:
-    lines = [f"drill {r['id']}: {r['mode']} {r['region']} for {r['duration_s']:g} s: {r['state']}"
-             f"{' (' + r['error'] + ')' if r.get('error') else ''}",
+    lines = [(f"drill {r['id']}: {r['mode']} {r['region']} for {r['duration_s']:g} s: {r['state']}"
+              f"{' (' + r['error'] + ')' if r.get('error') else ''}"),
              f"  time to reroute: {r['reroute_ms']} ms; time to recover after restore: {r['recover_ms']} ms",
              f"  {'PHASE':7s} {'CALLS':>6s} {'FAILED':>6s} {'P50 MS':>7s} {'P99 MS':>7s}  SERVED BY"]
     for phase in ("before", "during", "after"):

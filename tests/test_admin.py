@@ -136,7 +136,7 @@ class Load:
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
-    async def __aenter__(self) -> Load:
+    async def __aenter__(self) -> Load:  # noqa: PYI034 - a plain class, no subclasses
         self._task = asyncio.create_task(self._run())
         await wait_until(lambda: len(self.calls) >= 10, 30, "load to start")
         return self
