@@ -109,6 +109,7 @@ class HeartbeatPublisher(Generic[B]):
         self._refresh = refresh  # rebuilds the beat on every tick (a gateway's epoch and traffic)
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._stopping = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="heartbeat")
@@ -121,7 +122,7 @@ class HeartbeatPublisher(Generic[B]):
 
     async def _run(self) -> None:
         interval = self.heartbeats.ttl_s / 3
-        while True:
+        while not self._stopping:
             self._wake.clear()
             if self._refresh is not None:
                 self.beat = self._refresh()
@@ -129,8 +130,6 @@ class HeartbeatPublisher(Generic[B]):
                 await self.heartbeats.beat(self.beat)
             except StoreUnavailable as exc:
                 log.warning("heartbeat not published: %s", exc)
-            # asyncio.wait, not wait_for: Python 3.11's wait_for can swallow a cancellation
-            # that arrives as the event is set (a stop right after update(now=True))
             woken = asyncio.ensure_future(self._wake.wait())
             try:
                 await asyncio.wait({woken}, timeout=interval)
@@ -138,6 +137,10 @@ class HeartbeatPublisher(Generic[B]):
                 woken.cancel()
 
     async def stop(self, *, deregister: bool = True) -> None:
+        # A flag as well as the cancel: a cancellation that lands inside the store call
+        # can be swallowed there (asyncio.wait_for in Python 3.11), and the loop must end anyway.
+        self._stopping = True
+        self._wake.set()
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
