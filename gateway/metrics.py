@@ -55,6 +55,9 @@ class GatewayMetrics:
         self.version_mismatch = Counter("geogate_gateway_version_mismatch",
                                         "answers rejected because X-Model-Version differed (fencing)", ["region"],
                                         registry=r)
+        self.version_skew = Gauge("geogate_gateway_version_skew_nodes",
+                                  "nodes serving another version than the registry names for their color",
+                                  ["region", "color"], registry=r)
         self.request_count = children(self.requests)
         self.request_latency = children(self.latency)
         self.cache_items = children(self.cache)

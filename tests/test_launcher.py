@@ -305,8 +305,10 @@ async def test_foreground_embedded_tls_run_stops_cleanly_on_ctrl_c(tmp_path: Pat
     SIGINT as a terminal's Ctrl-C sends it."""
     run_dir = tmp_path / "run"
     out = (tmp_path / "out.txt").open("w")
-    proc = subprocess.Popen([*GEOGATE, "up",  # noqa: ASYNC220 - it runs for the whole test; nothing waits on it here "--run-dir", str(run_dir), "--regions", "us-east", "--port-base", "0",
-                             "--store", "embedded", "--tls"], cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+    argv = [*GEOGATE, "up", "--run-dir", str(run_dir), "--regions", "us-east", "--port-base", "0", "--store", "embedded",
+            "--tls"]
+    # Popen in a coroutine on purpose: it runs for the whole test, and nothing waits on it here
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)  # noqa: ASYNC220
     try:
         def ready() -> bool:
             assert proc.poll() is None, (tmp_path / "out.txt").read_text()
