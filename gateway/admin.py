@@ -14,7 +14,7 @@ import asyncio
 import ipaddress
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 import aiohttp
@@ -83,6 +83,12 @@ class Admin:
     drills: Drills
     publish_now: Callable[[], None]  # this gateway's heartbeat, at once (after it applied an epoch)
     _switching: asyncio.Lock | None = None
+    subscribers: set[asyncio.Event] = field(default_factory=set)  # event streams, woken by registry changes
+    closing: asyncio.Event = field(default_factory=asyncio.Event)  # set on shutdown: streams end
+
+    def changed(self) -> None:
+        for event in self.subscribers:
+            event.set()
 
     @property
     def lock(self) -> asyncio.Lock:
@@ -114,6 +120,10 @@ async def _body(request: web.Request, kind: type[Any]) -> Any:
 
 async def status(request: web.Request) -> web.Response:
     gw, admin, _ = _ctx(request, "viewer")
+    return _json(await _status(gw, admin))
+
+
+async def _status(gw: Gateway, admin: Admin) -> dict[str, Any]:
     snapshot = gw.watcher.snapshot
     now = time.monotonic()
     regions: dict[str, dict[str, list[dict[str, Any]]]] = {}
@@ -140,7 +150,47 @@ async def status(request: web.Request) -> web.Response:
         "drill": admin.drills.active.report if admin.drills.active else None,
         "retention_s": gw.config.retention_s,
     }
-    return _json(body)
+    return body
+
+
+async def whoami(request: web.Request) -> web.Response:
+    gw, _, principal = _ctx(request, "viewer")
+    return _json({"name": principal.name, "role": principal.role, "gateway_region": gw.config.region})
+
+
+EVENT_PERIOD_S = 1.0
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    """Server-sent events for the dashboard: the status plus the newest audit entries,
+    every second and at once after a registry change."""
+    gw, admin, _ = _ctx(request, "viewer")
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                           "X-Accel-Buffering": "no"})
+    await response.prepare(request)
+    changed = asyncio.Event()
+    admin.subscribers.add(changed)
+    try:
+        while not admin.closing.is_set():
+            body = await _status(gw, admin)
+            try:
+                body["audit"] = await gw.watcher.registry.audit(10)
+            except StoreUnavailable:
+                body["audit"] = None
+            body["sent_at"] = time.time()
+            await response.write(b"event: state\ndata: " + encode(body) + b"\n\n")
+            changed.clear()
+            waiters = {asyncio.ensure_future(changed.wait()), asyncio.ensure_future(admin.closing.wait())}
+            try:
+                await asyncio.wait(waiters, timeout=EVENT_PERIOD_S, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
+    except ConnectionResetError:
+        pass  # the page went away
+    finally:
+        admin.subscribers.discard(changed)
+    return response
 
 
 async def audit(request: web.Request) -> web.Response:
@@ -320,6 +370,8 @@ async def get_drill(request: web.Request) -> web.Response:
 
 def add_admin_routes(app: web.Application) -> None:
     app.router.add_get("/admin/v1/status", status)
+    app.router.add_get("/admin/v1/whoami", whoami)
+    app.router.add_get("/admin/v1/events", events)
     app.router.add_get("/admin/v1/audit", audit)
     app.router.add_get("/admin/v1/route", route)
     app.router.add_post("/admin/v1/colors/{color}", register_color)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from pathlib import Path
 
 from aiohttp import web
 from prometheus_client import generate_latest
@@ -33,7 +34,24 @@ def create_app(gateway: Gateway, admin: Admin | None = None, *, scoring: bool = 
     if admin is not None:
         app[ADMIN] = admin
         add_admin_routes(app)
+        app.router.add_get("/dashboard", dashboard)
+
+        async def end_streams(app: web.Application) -> None:  # before the drain waits for handlers
+            admin.closing.set()
+
+        app.on_shutdown.append(end_streams)
     return app
+
+
+DASHBOARD = Path(__file__).parent / "dashboard" / "index.html"
+
+
+async def dashboard(request: web.Request) -> web.Response:
+    """The ops page: static; its data comes from the admin API with the viewer's token."""
+    return web.Response(body=DASHBOARD.read_bytes(), content_type="text/html", charset="utf-8",
+                        headers={"Cache-Control": "no-cache", "Content-Security-Policy":
+                                 "default-src 'self'; style-src 'self' 'unsafe-inline'; script-src 'self' "
+                                 "'unsafe-inline'; img-src 'self' data:"})
 
 
 @web.middleware

@@ -164,11 +164,13 @@ def _admin(config: GatewayConfig, gateway: Gateway, stores: Stores, session: aio
     drills = Drills(gateway.stats, f"{config.region} pid {os.getpid()}", can_kill=config.drill_kill,
                     set_state=set_state, node_pids=node_pids)
     gateway.drills = drills
-    return Admin(
+    admin = Admin(
         tokens=TokenBook.load(config.admin_tokens_file), gateways=publisher.heartbeats, nodes=nodes,
         session=session, golden=load_golden(config.golden_file), watch=SwitchWatch(watcher, gateway.stats, config),
         drills=drills, publish_now=lambda: publisher.update(now=True),
     )
+    watcher.on_change(lambda record: admin.changed())  # event streams send at once
+    return admin
 
 
 async def _refresh_nodes(topology: Topology, heartbeats: Heartbeats, health: HealthChecker,

@@ -18,85 +18,18 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-import yaml
-from helpers import REPO, GatewayProcess, NodeProcess, RedisServer, wait_until
+from admin_world import EU, NAMES, TOKENS, US, World, auth, two_region_world
+from helpers import REPO, GatewayProcess, NodeProcess, wait_until
 
 from gateway.auth import hash_token
 from node.demo import DEMO_MODELS
-from shared.bootstrap import read_identities, seed_registry
-from shared.registry import Registry
-from shared.store import RedisStore
-
-GEOIP = Path(__file__).parent / "data" / "geoip" / "GeoIP2-Country-Test.mmdb"
-EU, US = "89.160.20.113", "50.114.0.1"  # SE and US in MaxMind's test database
-TOKENS = {"viewer": "vera-token-0123456789abcdef", "operator": "otto-token-0123456789abcdef",
-          "admin": "ada-token-0123456789abcdef"}
-NAMES = {"viewer": "vera", "operator": "otto", "admin": "ada"}
-
-
-@dataclass
-class World:
-    redis: RedisServer
-    nodes: dict[str, NodeProcess]
-    a: GatewayProcess  # eu-central
-    b: GatewayProcess  # us-east
-    config: Path
-    tmp: Path
-    versions: dict[str, tuple[str, str]]  # color -> (version, checksum)
-
-    def fail_file(self, region: str) -> Path:
-        return self.tmp / f"green-{region}.fail"
-
-
-def auth(role: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {TOKENS[role]}"}
+from shared.bootstrap import read_identities
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    tmp = tmp_path_factory.mktemp("admin-world")
-    redis = RedisServer(tmp)
-    nodes: dict[str, NodeProcess] = {}
-    gateways: list[GatewayProcess] = []
-    try:
-        for region in ("eu-central", "us-east"):
-            nodes[f"{region}-blue"] = NodeProcess(tmp, "--region", region, "--color", "blue", "--model", "demo",
-                                                  "--registry-url", redis.url, "--cpu-threads", "1")
-            nodes[f"{region}-green"] = NodeProcess(tmp, "--region", region, "--color", "green", "--model", "demo-v2",
-                                                   "--registry-url", redis.url, "--cpu-threads", "1",
-                                                   "--fault-fail-file", str(tmp / f"green-{region}.fail"))
-        identities = asyncio.run(read_identities([n.url for n in nodes.values()], wait_s=180))
-        asyncio.run(_seed(redis.url, identities))
-        versions = {i.color: (i.model_version, i.checksum) for i in identities}
-        tokens = tmp / "tokens.yaml"
-        tokens.write_text(yaml.safe_dump({"tokens": [{"name": NAMES[r], "role": r, "sha256": hash_token(t)}
-                                                     for r, t in TOKENS.items()]}))
-        config = tmp / "gateway.yaml"
-        config.write_text(yaml.safe_dump({
-            "gateway": {"trusted_proxies": "127.0.0.0/8", "geoip_db": str(GEOIP), "probe_interval_s": 0.2,
-                        "deep_probe_interval_s": 0, "cache_ttl_s": 0, "admin_tokens_file": str(tokens),
-                        "watch_window_s": 20, "watch_min_calls": 10, "registry_url": redis.url},
-            "regions": {"eu-central": {"failover": ["us-east"]}, "us-east": {"failover": ["eu-central"]}},
-            "countries": {"SE": "eu-central", "GB": "eu-central", "US": "us-east"},
-            "nodes": [{"region": n.split("-blue")[0].split("-green")[0], "color": n.rsplit("-", 1)[1], "url": p.url}
-                      for n, p in nodes.items()],
-        }))
-        gateways = [GatewayProcess(tmp, "--config", str(config), "--region", r) for r in ("eu-central", "us-east")]
-        for gw in gateways:
-            asyncio.run(gw.wait_ready())
-        yield World(redis, nodes, gateways[0], gateways[1], config, tmp, versions)
-    finally:
-        for process in [*gateways, *nodes.values()]:
-            process.stop()
-        redis.stop()
-
-
-async def _seed(url: str, identities: list) -> None:  # type: ignore[type-arg]
-    store = RedisStore(url)
-    try:
-        await seed_registry(Registry(store), identities, active="blue", regions=["eu-central", "us-east"], who="test")
-    finally:
-        await store.close()
+    with two_region_world(tmp_path_factory.mktemp("admin-world")) as w:
+        yield w
 
 
 async def admin(http: aiohttp.ClientSession, gw: GatewayProcess, method: str, path: str, role: str | None = "operator",

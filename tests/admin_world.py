@@ -1,0 +1,91 @@
+"""A two-region deployment for admin API and dashboard tests: blue (demo) and green
+(demo-v2) nodes in eu-central and us-east, real Redis, two gateways, and tokens for a
+viewer, an operator and an admin."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from helpers import GatewayProcess, NodeProcess, RedisServer
+
+from gateway.auth import hash_token
+from shared.bootstrap import NodeIdentity, read_identities, seed_registry
+from shared.registry import Registry
+from shared.store import RedisStore
+
+GEOIP = Path(__file__).parent / "data" / "geoip" / "GeoIP2-Country-Test.mmdb"
+EU, US = "89.160.20.113", "50.114.0.1"  # SE and US in MaxMind's test database
+TOKENS = {"viewer": "vera-token-0123456789abcdef", "operator": "otto-token-0123456789abcdef",
+          "admin": "ada-token-0123456789abcdef"}
+NAMES = {"viewer": "vera", "operator": "otto", "admin": "ada"}
+
+
+@dataclass
+class World:
+    redis: RedisServer
+    nodes: dict[str, NodeProcess]
+    a: GatewayProcess  # eu-central
+    b: GatewayProcess  # us-east
+    config: Path
+    tmp: Path
+    versions: dict[str, tuple[str, str]]  # color -> (version, checksum)
+
+    def fail_file(self, region: str) -> Path:
+        return self.tmp / f"green-{region}.fail"
+
+
+def auth(role: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {TOKENS[role]}"}
+
+
+@contextlib.contextmanager
+def two_region_world(tmp: Path, **gateway: object) -> Iterator[World]:
+    redis = RedisServer(tmp)
+    nodes: dict[str, NodeProcess] = {}
+    gateways: list[GatewayProcess] = []
+    try:
+        for region in ("eu-central", "us-east"):
+            nodes[f"{region}-blue"] = NodeProcess(tmp, "--region", region, "--color", "blue", "--model", "demo",
+                                                  "--registry-url", redis.url, "--cpu-threads", "1")
+            nodes[f"{region}-green"] = NodeProcess(tmp, "--region", region, "--color", "green", "--model", "demo-v2",
+                                                   "--registry-url", redis.url, "--cpu-threads", "1",
+                                                   "--fault-fail-file", str(tmp / f"green-{region}.fail"))
+        identities = asyncio.run(read_identities([n.url for n in nodes.values()], wait_s=180))
+        asyncio.run(_seed(redis.url, identities))
+        versions = {i.color: (i.model_version, i.checksum) for i in identities}
+        tokens = tmp / "tokens.yaml"
+        tokens.write_text(yaml.safe_dump({"tokens": [{"name": NAMES[r], "role": r, "sha256": hash_token(t)}
+                                                     for r, t in TOKENS.items()]}))
+        config = tmp / "gateway.yaml"
+        config.write_text(yaml.safe_dump({
+            "gateway": {"trusted_proxies": "127.0.0.0/8", "geoip_db": str(GEOIP), "probe_interval_s": 0.2,
+                        "deep_probe_interval_s": 0, "cache_ttl_s": 0, "admin_tokens_file": str(tokens),
+                        "watch_window_s": 20, "watch_min_calls": 10, "registry_url": redis.url, **gateway},
+            "regions": {"eu-central": {"failover": ["us-east"]}, "us-east": {"failover": ["eu-central"]}},
+            "countries": {"SE": "eu-central", "GB": "eu-central", "US": "us-east"},
+            "nodes": [{"region": n.split("-blue")[0].split("-green")[0], "color": n.rsplit("-", 1)[1], "url": p.url}
+                      for n, p in nodes.items()],
+        }))
+        gateways = [GatewayProcess(tmp, "--config", str(config), "--region", r) for r in ("eu-central", "us-east")]
+        for gw in gateways:
+            asyncio.run(gw.wait_ready())
+        yield World(redis, nodes, gateways[0], gateways[1], config, tmp, versions)
+    finally:
+        for process in [*gateways, *nodes.values()]:
+            process.stop()
+        redis.stop()
+
+
+async def _seed(url: str, identities: list[NodeIdentity]) -> None:
+    store = RedisStore(url)
+    try:
+        await seed_registry(Registry(store), identities, active="blue", regions=["eu-central", "us-east"], who="test")
+    finally:
+        await store.close()
+
+

@@ -1,0 +1,140 @@
+"""The ops dashboard in a real headless Chromium (Debian's, driven by Playwright): it lists
+every region, shows a killed node as unhealthy, reflects a drain within seconds, hides
+actions from a viewer, and a switch through its dialog changes the active color.
+
+A screenshot is saved as a test artifact under ``artifacts/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import aiohttp
+import pytest
+from admin_world import TOKENS, World, auth, two_region_world
+from helpers import REPO
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+playwright = pytest.importorskip("playwright.sync_api")
+if CHROMIUM is None:  # .ci/run installs Debian's chromium; a laptop without it skips, saying so
+    pytest.skip("Debian's chromium is not installed (apt-get install chromium)", allow_module_level=True)
+
+ARTIFACTS = REPO / "artifacts"
+SETTLE_MS = 15_000  # the page updates within about a second of a change; this is the deadline
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    with two_region_world(tmp_path_factory.mktemp("dashboard-world"), watch_window_s=0) as w:
+        yield w
+
+
+@pytest.fixture(scope="module")
+def browser(world: World) -> Iterator[Any]:
+    """After the world: Playwright's sync API keeps an event loop running on this thread,
+    so everything asyncio runs on another (``off_loop``)."""
+    with playwright.sync_playwright() as p:
+        instance = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                     args=["--no-sandbox", "--disable-dev-shm-usage"])
+        yield instance
+        instance.close()
+
+
+def open_page(browser: Any, world: World, role: str, query: str = "") -> Any:
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    page.goto(f"{world.a.url}/dashboard{query}")
+    page.fill("#token", TOKENS[role])
+    page.click("#login-button")
+    page.wait_for_selector("#live.ok", timeout=SETTLE_MS)  # the event stream is connected
+    return page
+
+
+def call_admin(world: World, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def post() -> dict[str, Any]:
+        async with aiohttp.ClientSession() as http, http.post(world.a.url + "/admin/v1" + path, json=body,
+                                                               headers=auth("operator")) as resp:
+            data: dict[str, Any] = await resp.json()
+            assert resp.status == 200, data
+            return data
+
+    return off_loop(post())
+
+
+def off_loop(coro: Any) -> Any:
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+def test_viewer_sees_every_region_and_no_actions(browser: Any, world: World) -> None:
+    page = open_page(browser, world, "viewer")
+    page.wait_for_selector(".region[data-region='eu-central']", timeout=SETTLE_MS)
+    regions = page.eval_on_selector_all(".region", "els => els.map(e => e.dataset.region)")
+    assert sorted(regions) == ["eu-central", "us-east"]
+    assert page.inner_text("#active") == "blue"
+    assert "vera (viewer)" in page.inner_text("#who")
+    assert not page.is_visible("#switch") and page.locator("button[data-act]").count() == 0
+    # the node table says each node's state in words, not only in colour
+    assert page.locator(".node.ok .health").first.inner_text() == "healthy"
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-viewer.png"), full_page=True)
+    page.close()
+
+
+def test_per_region_view_shows_one_region(browser: Any, world: World) -> None:
+    page = open_page(browser, world, "viewer", "?region=us-east")
+    page.wait_for_selector(".region[data-region='us-east']", timeout=SETTLE_MS)
+    assert page.locator(".region").count() == 1
+    page.close()
+
+
+def test_a_drain_shows_within_seconds(browser: Any, world: World) -> None:
+    page = open_page(browser, world, "viewer")
+    page.wait_for_selector(".region[data-region='eu-central'] .region-state", timeout=SETTLE_MS)
+    call_admin(world, "/regions/eu-central/drain", {"reason": "dashboard test"})
+    try:
+        page.wait_for_selector(".region[data-region='eu-central'].state-drained", timeout=SETTLE_MS)
+        assert page.inner_text(".region[data-region='eu-central'] .region-state") == "drained"
+        page.wait_for_selector("#audit li:has-text('region_drained')", timeout=SETTLE_MS)
+    finally:
+        call_admin(world, "/regions/eu-central/restore", {"reason": "dashboard test over"})
+    page.wait_for_selector(".region[data-region='eu-central'].state-active", timeout=SETTLE_MS)
+    page.close()
+
+
+def test_an_operator_switches_through_the_dialog(browser: Any, world: World) -> None:
+    page = open_page(browser, world, "operator")
+    assert page.is_visible("#switch") and page.locator("button[data-act='drain']").count() == 2
+    page.click("#switch")
+    page.wait_for_selector("#confirm[open]", timeout=60_000)  # after the pre-checks ran
+    body = page.inner_text("#confirm-body")
+    assert "pre-checks passed" in body and "golden set" in body and "eu-central" in body
+    page.fill("#confirm-reason", "switch from the dashboard test")
+    page.click("#confirm-ok")
+    playwright.expect(page.locator("#active")).to_have_text("green", timeout=SETTLE_MS)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-operator.png"), full_page=True)
+    call_admin(world, "/rollback", {"reason": "back to blue after the dashboard test"})
+    playwright.expect(page.locator("#active")).to_have_text("blue", timeout=SETTLE_MS)
+    page.close()
+
+
+def test_a_killed_node_turns_unhealthy(browser: Any, world: World) -> None:
+    page = open_page(browser, world, "viewer")
+    victim = world.nodes["us-east-green"]
+    selector = f".node[data-url='{victim.url}']"
+    page.wait_for_selector(f"{selector}.ok", timeout=SETTLE_MS)
+    victim.proc.kill()
+    page.wait_for_selector(f"{selector}.bad", timeout=SETTLE_MS)
+    assert page.inner_text(f"{selector} .health") == "UNHEALTHY"
+    page.screenshot(path=str(ARTIFACTS / "dashboard-node-down.png"), full_page=True)
+    page.close()
+
+
+def test_screenshots_were_saved() -> None:
+    saved = sorted(p.name for p in ARTIFACTS.glob("dashboard-*.png")) if ARTIFACTS.exists() else []
+    assert {"dashboard-viewer.png", "dashboard-operator.png"} <= set(saved), saved
+    assert all((ARTIFACTS / name).stat().st_size > 10_000 for name in saved)
