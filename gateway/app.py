@@ -73,8 +73,9 @@ async def _middleware(request: web.Request, handler: Handler) -> web.StreamRespo
         _observe(gw, route, response.status, elapsed * 1000)
     if gw.config.access_log and name not in ("/metrics", "/healthz", "/readyz"):
         access.info("%s %s %d", request.method, request.path, response.status, extra={
-            "request_id": rid, "status": response.status, "ms": round(elapsed * 1000, 2), "client": request.remote,
-            "home": route.geo.region if route else None, "served": served or None,
+            "request_id": rid, "route": name, "status": response.status, "ms": round(elapsed * 1000, 2),
+            "client": request.remote, "home": route.geo.region if route else None, "served": served or None,
+            "color": route.color if route else None, "node": (route.node or None) if route else None,
             "cache": route.cache if route else None, "attempts": route.attempts if route else None,
         })
     return response

@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _serve(config: GatewayConfig, topology: Topology) -> int:
-    setup_logging(config.log_level, json_lines=config.log_json, region=config.region, service="gateway",
+    setup_logging(config.log_level, json_lines=config.log_format == "json", region=config.region, service="gateway",
                   pid=str(os.getpid()))
     from gateway.server import serve
 

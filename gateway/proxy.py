@@ -62,6 +62,7 @@ class Route:
     plan: Plan | None = None  # made only when something misses the cache
     attempts: int = 0
     cache: str = "miss"
+    node: str = ""  # the node that answered last
 
     @property
     def header(self) -> str:
@@ -109,7 +110,7 @@ class Gateway:
         plan = route.plan
         answer = await self.upstream.call(path, encode(payload), plan, route.color, route.version, call_deadline,
                                           request_id(request))
-        route.served, route.attempts = answer.region, route.attempts + answer.attempts
+        route.served, route.attempts, route.node = answer.region, route.attempts + answer.attempts, answer.node
         if answer.region != plan.home:
             self.metrics.failovers.labels(plan.home, answer.region, plan.reason_for(answer.region)).inc()
         try:

@@ -35,6 +35,7 @@ from shared.schemas import (
 
 __all__ = ["SERVICE", "create_app"]
 
+access = logging.getLogger("geogate.node.access")
 log = logging.getLogger("geogate.node.http")
 
 SERVICE = web.AppKey("service", NodeService)
@@ -74,8 +75,12 @@ async def _middleware(request: web.Request, handler: Handler) -> web.StreamRespo
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
     m = request.app[METRICS]
+    elapsed = time.perf_counter() - started
     m.requests.labels(route, str(response.status)).inc()
-    m.latency.labels(route).observe(time.perf_counter() - started)
+    m.latency.labels(route).observe(elapsed)
+    if service.config.access_log and request.method == "POST":  # scoring calls; probes and scrapes are GETs
+        access.info("%s %s %d", request.method, request.path, response.status, extra={
+            "request_id": rid, "route": route, "status": response.status, "ms": round(elapsed * 1000, 2)})
     return response
 
 

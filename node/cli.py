@@ -32,7 +32,8 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"geogate node: {exc}", file=sys.stderr)
         return 2
-    setup_logging(config.log_level, json_lines=config.log_json, region=config.region, color=config.color)
+    setup_logging(config.log_level, json_lines=config.log_format == "json", region=config.region, color=config.color,
+                  node=config.advertise_url or f"{config.host}:{config.port}")
     from node.server import serve
 
     code = run_service(serve(config))

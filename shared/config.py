@@ -79,7 +79,8 @@ class NodeConfig:
     drain_timeout_s: float = _opt(DEFAULT_DRAIN_TIMEOUT_S, "on SIGTERM, how long queued work may take")
     warmup: bool = _opt(True, "run warm-up batches before reporting ready")
     log_level: str = _opt("info", "debug, info, warning or error")
-    log_json: bool = _opt(True, "log JSON lines (false: plain text)")
+    log_format: str = _opt("json", "json (one object per line, for log shippers) or text (for people)")
+    access_log: bool = _opt(True, "log one line per scoring request (request id, route, status, latency)")
     tls_cert: str | None = _opt(None, "PEM certificate (chain) to serve HTTPS; with tls_key")
     tls_key: str | None = _opt(None, "PEM private key for HTTPS")
     registry_url: str | None = _opt(None, "store to publish heartbeats to (redis://..., redis+sentinel://...); none: no heartbeats")
@@ -95,6 +96,7 @@ class NodeConfig:
         _check(self.color in COLORS, "color", f"must be one of {COLORS}, not {self.color!r}")
         _check(self.backend in BACKENDS, "backend", f"must be one of {BACKENDS}, not {self.backend!r}")
         _check(self.dtype in DTYPES, "dtype", f"must be one of {DTYPES}, not {self.dtype!r}")
+        _check(self.log_format in LOG_FORMATS, "log_format", f"must be one of {LOG_FORMATS}")
         _check(self.device == "cpu" or self.device.startswith("cuda"), "device", "must be cpu, cuda or cuda:N")
         _check(0 <= self.port <= 65535, "port", "must be 0..65535")
         for name in ("max_batch_size", "max_queue", "max_batch", "max_chars", "max_body_bytes", "max_seq_len"):
@@ -108,6 +110,7 @@ class NodeConfig:
 
 
 DEFAULT_GATEWAY_PORT = 8080
+LOG_FORMATS = ("json", "text")
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +155,7 @@ class GatewayConfig:
     cache_local_items: int = _opt(10_000, "results kept in this process in front of the shared cache (0: none)")
     drain_timeout_s: float = _opt(DEFAULT_DRAIN_TIMEOUT_S, "on SIGTERM, how long in-flight calls may take")
     log_level: str = _opt("info", "debug, info, warning or error")
-    log_json: bool = _opt(True, "log JSON lines (false: plain text)")
+    log_format: str = _opt("json", "json (one object per line, for log shippers) or text (for people)")
     access_log: bool = _opt(True, "log one JSON line per request (with its request id)")
     # -- admin API (issue 6) --
     admin_tokens_file: str | None = _opt(None, "YAML file of admin tokens as SHA-256 hashes with name and role; "
@@ -177,6 +180,7 @@ class GatewayConfig:
     def __post_init__(self) -> None:
         _check(0 <= self.port <= 65535, "port", "must be 0..65535")
         _check(0 <= self.admin_port <= 65535, "admin_port", "must be 0..65535")
+        _check(self.log_format in LOG_FORMATS, "log_format", f"must be one of {LOG_FORMATS}")
         _check(bool(self.region.strip()), "region", "must not be empty")
         _check((self.tls_cert is None) == (self.tls_key is None), "tls_cert", "tls_cert and tls_key go together")
         for name in ("workers", "probe_interval_s", "eject_base_s", "max_batch", "max_chars", "max_body_bytes",

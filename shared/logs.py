@@ -34,6 +34,19 @@ class _JSONFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False, default=str)
 
 
+class _TextFormatter(logging.Formatter):
+    """For people: the same fields as the JSON lines, as key=value after the message."""
+
+    def __init__(self, fields: dict[str, str]) -> None:
+        tag = " ".join(f"{k}={v}" for k, v in fields.items())
+        super().__init__(f"%(asctime)s %(levelname)s %(name)s [{tag}] %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        extra = " ".join(f"{k}={v}" for k, v in vars(record).items() if k not in _STANDARD and v is not None)
+        line = super().format(record)
+        return f"{line} {extra}" if extra else line
+
+
 def setup_logging(level: str = "info", *, json_lines: bool = True, stream: TextIO | None = None,
                   **fields: str) -> None:
     """``fields`` (region, color, ...) are added to every JSON line; lines go to stderr
@@ -42,8 +55,7 @@ def setup_logging(level: str = "info", *, json_lines: bool = True, stream: TextI
     if json_lines:
         handler.setFormatter(_JSONFormatter(fields))
     else:
-        tag = " ".join(f"{k}={v}" for k, v in fields.items())
-        handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s %(name)s [{tag}] %(message)s"))
+        handler.setFormatter(_TextFormatter(fields))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

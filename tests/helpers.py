@@ -50,7 +50,7 @@ class NodeProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = tmp / f"{command}-{self.port}.log"
-        cmd = [sys.executable, "-m", "shared.cli", command, "--port", str(self.port), "--log-json", "false", *args]
+        cmd = [sys.executable, "-m", "shared.cli", command, "--port", str(self.port), "--log-format", "text", *args]
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=log, stderr=subprocess.STDOUT)

@@ -385,3 +385,51 @@ async def test_several_workers_share_one_port(world: World, http: aiohttp.Client
             await wait_until(lambda pid=pid: not Path(f"/proc/{pid}").exists(), 20, f"worker {pid} to exit")
     finally:
         gateway.stop()
+
+
+async def test_json_logs_carry_the_request_through_gateway_and_node(world: World, http: aiohttp.ClientSession) -> None:
+    """One JSON line per call at the gateway and at the node, with the same request id."""
+    node = NodeProcess(world.tmp, "--region", "cn-east", "--log-format", "json")
+    config = write_config(world.tmp / "gateway-json.yaml", {**world.nodes, "cn": node}, region="eu-central")
+    gateway = GatewayProcess(world.tmp, "--config", str(config), "--registry-url", world.redis.url,
+                             "--log-format", "json")
+    try:
+        await node.wait_ready()
+        await gateway.wait_ready()
+
+        async def cn_serving() -> bool:
+            _, ready = await gateway.get(http, "/readyz")
+            return "cn-east" in ready["regions_serving"]  # type: ignore[operator]
+
+        await wait_until(cn_serving, 20, "the gateway to take the new cn-east node")
+        status, _, headers = await post(http, gateway.url, "/v1/similarity", {"pairs": pairs("logs")}, CN,
+                                        X_Request_ID="trace-me-42")
+        assert status == 200 and headers["X-Request-ID"] == "trace-me-42"
+
+        def line(process: NodeProcess, logger: str) -> dict[str, object] | None:
+            for text in process.log().splitlines():
+                if text.startswith("{"):
+                    entry = json.loads(text)  # every line is one JSON object
+                    if entry["logger"] == logger and entry.get("request_id") == "trace-me-42":
+                        return entry
+            return None
+
+        await wait_until(lambda: line(gateway, "geogate.gateway.access") and line(node, "geogate.node.access"), 10,
+                         "both access lines")
+        at_gateway = line(gateway, "geogate.gateway.access")
+        at_node = line(node, "geogate.node.access")
+        assert at_gateway is not None and at_node is not None
+        for key in ("ts", "level", "logger", "request_id", "route", "status", "ms"):
+            assert key in at_gateway and key in at_node, key
+        assert (at_gateway["route"], at_gateway["status"], at_gateway["served"]) == ("/v1/similarity", 200, "cn-east")
+        assert (at_gateway["color"], at_gateway["node"], at_gateway["region"]) == ("blue", node.url, "eu-central")
+        assert (at_node["region"], at_node["color"], at_node["route"]) == ("cn-east", "blue", "/v1/similarity")
+        assert "ms" in at_node and float(at_node["ms"]) > 0  # type: ignore[arg-type]
+        # the text format carries the same fields for people
+        await post(http, world.gateway.url, "/v1/similarity", {"pairs": pairs("text-log")}, GB,
+                   X_Request_ID="text-me-43")
+        await wait_until(lambda: "request_id=text-me-43 route=/v1/similarity status=200" in world.gateway.log(), 10,
+                         "the text access line")
+    finally:
+        gateway.stop()
+        node.stop()
