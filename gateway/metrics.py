@@ -58,6 +58,7 @@ class GatewayMetrics:
         self.version_skew = Gauge("geogate_gateway_version_skew_nodes",
                                   "nodes serving another version than the registry names for their color",
                                   ["region", "color"], registry=r)
+        self.skew_series: set[tuple[str, str]] = set()
         self.request_count = children(self.requests)
         self.request_latency = children(self.latency)
         self.cache_items = children(self.cache)
