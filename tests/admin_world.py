@@ -11,12 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from helpers import GatewayProcess, NodeProcess, RedisServer
+from helpers import GatewayProcess, NodeProcess, RedisServer, seed_registry_from
 
 from gateway.auth import hash_token
-from shared.bootstrap import NodeIdentity, read_identities, seed_registry
-from shared.registry import Registry
-from shared.store import RedisStore
 
 GEOIP = Path(__file__).parent / "data" / "geoip" / "GeoIP2-Country-Test.mmdb"
 EU, US = "89.160.20.113", "50.114.0.1"  # SE and US in MaxMind's test database
@@ -55,9 +52,7 @@ def two_region_world(tmp: Path, **gateway: object) -> Iterator[World]:
             nodes[f"{region}-green"] = NodeProcess(tmp, "--region", region, "--color", "green", "--model", "demo-v2",
                                                    "--registry-url", redis.url, "--cpu-threads", "1",
                                                    "--fault-fail-file", str(tmp / f"green-{region}.fail"))
-        identities = asyncio.run(read_identities([n.url for n in nodes.values()], wait_s=180))
-        asyncio.run(_seed(redis.url, identities))
-        versions = {i.color: (i.model_version, i.checksum) for i in identities}
+        versions = asyncio.run(seed_registry_from(redis.url, list(nodes.values()), ["eu-central", "us-east"]))
         tokens = tmp / "tokens.yaml"
         tokens.write_text(yaml.safe_dump({"tokens": [{"name": NAMES[r], "role": r, "sha256": hash_token(t)}
                                                      for r, t in TOKENS.items()]}))
@@ -79,13 +74,5 @@ def two_region_world(tmp: Path, **gateway: object) -> Iterator[World]:
         for process in [*gateways, *nodes.values()]:
             process.stop()
         redis.stop()
-
-
-async def _seed(url: str, identities: list[NodeIdentity]) -> None:
-    store = RedisStore(url)
-    try:
-        await seed_registry(Registry(store), identities, active="blue", regions=["eu-central", "us-east"], who="test")
-    finally:
-        await store.close()
 
 

@@ -239,3 +239,19 @@ def build_tiny_bundle(out: Path, *, tasks: tuple[str, ...] = ("similarity", "par
     if version:
         (out / "geogate.json").write_text(json.dumps({"model_version": version}), encoding="utf-8")
     return out
+
+
+async def seed_registry_from(redis_url: str, nodes: list[NodeProcess], regions: list[str]) -> dict[str, tuple[str, str]]:
+    """The registry seeded (blue active) from what ``nodes`` report, as a deployment does it;
+    returns each color's (version, checksum)."""
+    from shared.bootstrap import read_identities, seed_registry
+    from shared.registry import Registry
+    from shared.store import RedisStore
+
+    identities = await read_identities([n.url for n in nodes], wait_s=STARTUP_S)
+    store = RedisStore(redis_url)
+    try:
+        await seed_registry(Registry(store), identities, active="blue", regions=regions, who="test")
+    finally:
+        await store.close()
+    return {i.color: (i.model_version, i.checksum) for i in identities}

@@ -27,11 +27,8 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from helpers import REPO, GatewayProcess, NodeProcess, RedisServer
+from helpers import REPO, GatewayProcess, NodeProcess, RedisServer, seed_registry_from
 from prometheus_client.parser import text_string_to_metric_families
-
-from shared.registry import ColorInfo, Registry
-from shared.store import RedisStore
 
 PROMETHEUS = REPO / "deploy" / "prometheus"
 CONFIG = PROMETHEUS / "prometheus.yml"
@@ -134,21 +131,6 @@ def exposed_series(text: str) -> tuple[set[str], dict[str, set[str]]]:
 # ------------------------------------------------------------------------------ the world
 
 
-async def _identity(node: NodeProcess) -> tuple[str, str]:
-    async with aiohttp.ClientSession() as http:
-        _, info = await node.get(http, "/info")
-    return str(info["model_version"]), str(info["checksum"])
-
-
-async def _init_registry(url: str, version: str, checksum: str) -> None:
-    store = RedisStore(url)
-    try:
-        await Registry(store).initialize({"blue": ColorInfo(version, checksum)}, "blue", ["cn-east", "eu-central"],
-                                         who="test")
-    finally:
-        await store.close()
-
-
 async def _call_and_scrape(gateway: GatewayProcess, node: NodeProcess) -> dict[str, str]:
     async with aiohttp.ClientSession() as http:
         async with http.post(gateway.url + "/v1/similarity", json=SCORING_CALL) as resp:
@@ -170,7 +152,7 @@ def scrapes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
     gateway = None
     try:
         asyncio.run(node.wait_ready())
-        asyncio.run(_init_registry(redis_server.url, *asyncio.run(_identity(node))))
+        asyncio.run(seed_registry_from(redis_server.url, [node], ["cn-east", "eu-central"]))
         config = tmp / "gateway.yaml"
         config.write_text(yaml.safe_dump({
             "gateway": {"region": "cn-east", "probe_interval_s": 0.2, "deep_probe_interval_s": 0},
