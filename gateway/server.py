@@ -24,7 +24,7 @@ from gateway.auth import TokenBook
 from gateway.balancer import Balancer
 from gateway.cache import ResultCache
 from gateway.drills import Drills
-from gateway.geo import GeoResolver, parse_networks
+from gateway.geo import GeoResolver, IPNetwork, parse_networks
 from gateway.geoip_build import default_output
 from gateway.health import HealthChecker
 from gateway.http1 import Http1Pool
@@ -32,7 +32,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.prechecks import load_golden
 from gateway.proxy import Gateway
 from gateway.stats import StatsBook
-from gateway.topology import NodeSpec, Topology
+from gateway.topology import NodeSpec, Topology, refuse_node_url
 from gateway.upstream import Upstream
 from gateway.watch import SwitchWatch
 from shared.config import GatewayConfig
@@ -65,8 +65,10 @@ async def serve(config: GatewayConfig, topology: Topology, *, stores: Stores | N
     upstream_client = Http1Pool(ssl_context=client_ssl, connect_timeout_s=config.connect_timeout_ms / 1000)
     balancer = Balancer(topology, health)
     heartbeats: Heartbeats[NodeHeartbeat] = Heartbeats(stores.registry, namespace=config.namespace)
-    await _refresh_nodes(topology, heartbeats, health, balancer)
-    refresher = asyncio.create_task(_keep_refreshing(topology, heartbeats, health, balancer), name="node-refresh")
+    networks = parse_networks(config.node_networks)
+    await _refresh_nodes(topology, heartbeats, health, balancer, networks)
+    refresher = asyncio.create_task(_keep_refreshing(topology, heartbeats, health, balancer, networks),
+                                    name="node-refresh")
     caching = config.cache_ttl_s > 0
     options = {"namespace": config.namespace, "ttl_s": config.cache_ttl_s, "local_items": config.cache_local_items}
     geoip_db = config.geoip_db or (str(default_output()) if default_output().is_file() else None)
@@ -173,20 +175,33 @@ def _admin(config: GatewayConfig, gateway: Gateway, stores: Stores, session: aio
     return admin
 
 
-async def _refresh_nodes(topology: Topology, heartbeats: Heartbeats, health: HealthChecker,
-                         balancer: Balancer) -> None:
-    """Configured nodes plus live heartbeats; a store that is down keeps the last set."""
+_refused: set[str] = set()  # node URLs already warned about
+
+
+async def _refresh_nodes(topology: Topology, heartbeats: Heartbeats[NodeHeartbeat], health: HealthChecker,
+                         balancer: Balancer, networks: tuple[IPNetwork, ...]) -> None:
+    """Configured nodes plus live heartbeats from allowed addresses; a store that is down
+    keeps the last set."""
     try:
-        live = await heartbeats.live()
+        beats = await heartbeats.live()
     except StoreUnavailable:
         return
+    configured = {n.url for n in topology.nodes}
+    live = []
+    for beat in beats:
+        why = "" if beat.url.rstrip("/") in configured else refuse_node_url(beat.url, networks)
+        if not why:
+            live.append(beat)
+        elif beat.url not in _refused:
+            _refused.add(beat.url)
+            log.warning("ignoring the heartbeat of node %r (%s %s): %s", beat.url[:200], beat.region, beat.color, why)
     merged = merge_topology(((n.region, n.color, n.url) for n in topology.nodes), live)
     health.sync(NodeSpec(n.region, n.color, n.url) for n in merged)  # URLs come normalized
     balancer.topology = topology.with_regions(n.region for n in merged)
 
 
-async def _keep_refreshing(topology: Topology, heartbeats: Heartbeats, health: HealthChecker,
-                           balancer: Balancer) -> None:
+async def _keep_refreshing(topology: Topology, heartbeats: Heartbeats[NodeHeartbeat], health: HealthChecker,
+                           balancer: Balancer, networks: tuple[IPNetwork, ...]) -> None:
     while True:
         await asyncio.sleep(NODE_REFRESH_S)
-        await _refresh_nodes(topology, heartbeats, health, balancer)
+        await _refresh_nodes(topology, heartbeats, health, balancer, networks)

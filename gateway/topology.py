@@ -17,16 +17,19 @@ empty means anywhere. The configured nodes are merged with live heartbeats
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
+from gateway.geo import IPNetwork
 from shared.config import ConfigError
 
-__all__ = ["NodeSpec", "RegionSpec", "Topology", "load_topology"]
+__all__ = ["NodeSpec", "RegionSpec", "Topology", "load_topology", "refuse_node_url"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +73,29 @@ class Topology:
         for name in names:
             regions.setdefault(name, RegionSpec(name))
         return Topology(regions, self.countries, self.nodes)
+
+
+def refuse_node_url(url: str, networks: tuple[IPNetwork, ...]) -> str:
+    """Why a self-registered node URL is refused, or ''. Anyone who can write to the store
+    could register a node; limiting URLs to plain IP addresses in the deployment's own
+    networks keeps the gateway from being pointed at arbitrary hosts (request forgery)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        return f"scheme {parts.scheme!r} is not http or https"
+    if parts.username or parts.password or parts.query or parts.fragment or parts.path not in ("", "/"):
+        return "a node URL is scheme://address:port and nothing else"
+    try:
+        ip = ipaddress.ip_address(parts.hostname or "")
+    except ValueError:
+        return f"host {parts.hostname!r} is not an IP address (name nodes in the gateway's config instead)"
+    if not any(ip in net for net in networks):
+        return f"address {ip} is outside node_networks"
+    try:
+        if parts.port is None:
+            return "no port"
+    except ValueError:
+        return "bad port"
+    return ""
 
 
 def load_topology(path: Path | None) -> Topology:

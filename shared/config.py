@@ -132,6 +132,9 @@ class GatewayConfig:
     geoip_db: str | None = _opt(None, "MaxMind-format .mmdb (Country or City); none: every client is default_region")
     trusted_proxies: str = _opt("", "comma-separated CIDRs whose X-Forwarded-For is believed")
     cdn_country_header: str | None = _opt(None, "header with the client's ISO country, set by a trusted CDN")
+    node_networks: str = _opt("127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7",
+                              "networks a node may register itself from by heartbeat (its URL must be an IP "
+                              "address in one); configured nodes are not limited")
     default_region: str | None = _opt(None, "region of unknown and private addresses (default: region)")
     probe_interval_s: float = _opt(1.0, "active /health/ready probe period per node (with jitter)")
     deep_probe_interval_s: float = _opt(5.0, "period of the probe that scores a known pair (0: off)")

@@ -22,6 +22,7 @@ import pytest
 import yaml
 from helpers import GatewayProcess, NodeProcess, RedisServer, scrape, wait_until
 
+from shared.heartbeats import Heartbeats, NodeHeartbeat
 from shared.registry import ColorInfo, Registry
 from shared.store import RedisStore
 
@@ -433,3 +434,20 @@ async def test_json_logs_carry_the_request_through_gateway_and_node(world: World
     finally:
         gateway.stop()
         node.stop()
+
+
+async def test_a_node_registered_from_outside_the_networks_is_ignored(world: World,
+                                                                      http: aiohttp.ClientSession) -> None:
+    store = RedisStore(world.redis.url)
+    beats = Heartbeats(store, ttl_s=30)
+    forged = NodeHeartbeat("eu-central", "blue", "http://169.254.169.254:80", world.version, "x", "2026-01-01T00:00:00Z")
+    try:
+        await beats.beat(forged)
+        await wait_until(lambda: "ignoring the heartbeat of node 'http://169.254.169.254:80'" in world.gateway.log(), 10,
+                         "the gateway to refuse the forged node")
+        for i in range(5):  # and it never takes calls
+            status, _, headers = await post(http, world.gateway.url, "/v1/similarity", {"pairs": pairs(f"f{i}")}, GB)
+            assert status == 200 and headers["X-Region"] == "eu-central"
+    finally:
+        await beats.remove(forged)
+        await store.close()
