@@ -32,8 +32,13 @@ class World:
     tmp: Path
     versions: dict[str, tuple[str, str]]  # color -> (version, checksum)
 
-    def fail_file(self, region: str) -> Path:
-        return self.tmp / f"green-{region}.fail"
+    def fail_file(self, name: str) -> Path:
+        """While it exists, node ``name`` (``eu-central-green``) answers 500."""
+        return self.tmp / f"{name}.fail"
+
+    def go_file(self, name: str) -> Path:
+        """While it is missing, node ``name`` holds every forward pass (it hangs)."""
+        return self.tmp / f"{name}.go"
 
 
 def auth(role: str) -> dict[str, str]:
@@ -47,11 +52,13 @@ def two_region_world(tmp: Path, **gateway: object) -> Iterator[World]:
     gateways: list[GatewayProcess] = []
     try:
         for region in ("eu-central", "us-east"):
-            nodes[f"{region}-blue"] = NodeProcess(tmp, "--region", region, "--color", "blue", "--model", "demo",
-                                                  "--registry-url", redis.url, "--cpu-threads", "1")
-            nodes[f"{region}-green"] = NodeProcess(tmp, "--region", region, "--color", "green", "--model", "demo-v2",
-                                                   "--registry-url", redis.url, "--cpu-threads", "1",
-                                                   "--fault-fail-file", str(tmp / f"green-{region}.fail"))
+            for color, model in (("blue", "demo"), ("green", "demo-v2")):
+                name = f"{region}-{color}"
+                (tmp / f"{name}.go").touch()
+                nodes[name] = NodeProcess(tmp, "--region", region, "--color", color, "--model", model,
+                                          "--registry-url", redis.url, "--cpu-threads", "1",
+                                          "--fault-fail-file", str(tmp / f"{name}.fail"),
+                                          "--fault-hold-inference-file", str(tmp / f"{name}.go"))
         versions = asyncio.run(seed_registry_from(redis.url, list(nodes.values()), ["eu-central", "us-east"]))
         tokens = tmp / "tokens.yaml"
         tokens.write_text(yaml.safe_dump({"tokens": [{"name": NAMES[r], "role": r, "sha256": hash_token(t)}

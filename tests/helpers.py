@@ -50,10 +50,14 @@ class NodeProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = tmp / f"{command}-{self.port}.log"
-        cmd = [sys.executable, "-m", "shared.cli", command, "--port", str(self.port), "--log-format", "text", *args]
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+        self.cmd = [sys.executable, "-m", "shared.cli", command, "--port", str(self.port), "--log-format", "text", *args]
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
+        self.start()
+
+    def start(self) -> None:
+        """(Re)start the process on the same port, appending to the same log."""
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(self.cmd, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -294,7 +294,7 @@ async def test_a_green_that_fails_after_the_switch_is_rolled_back_automatically(
         assert (await score(http, world.a, EU, f"baseline-{i}"))[0] == 200
     await _switch(http, world.a, "green")
     for region in ("eu-central", "us-east"):
-        world.fail_file(region).touch()
+        world.fail_file(f"{region}-green").touch()
     try:
         n = 0
 
@@ -308,7 +308,7 @@ async def test_a_green_that_fails_after_the_switch_is_rolled_back_automatically(
         await wait_until(rolled_back, 40, "the automatic rollback")
     finally:
         for region in ("eu-central", "us-east"):
-            world.fail_file(region).unlink()
+            world.fail_file(f"{region}-green").unlink()
     _, body = await admin(http, world.a, "GET", "/status", "viewer")
     assert body["watch"]["state"] == "rolled_back" and "error rate" in body["watch"]["reason"]
     _, audit = await admin(http, world.a, "GET", "/audit?count=1", "viewer")

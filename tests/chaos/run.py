@@ -1,0 +1,235 @@
+"""``make chaos``: fault scenarios on a local two-region deployment under steady load.
+
+    .venv/bin/python tests/chaos/run.py [--only NAME ...] [--pre-s 3 --fault-s 6 --post-s 6]
+
+The deployment (``tests/admin_world.py``): Redis, eu-central and us-east each with a
+blue (active) and a green node, two gateways. Load comes from a process of its own
+(``load.py``): four callers, clients of both regions, every call a cache miss, spread
+over both gateways with a retry on the other gateway only when one cannot be reached.
+Each scenario lets the load run, injects its fault into eu-central (or a gateway, or
+Redis), heals it, and counts from the calls the clients saw: requests, failures,
+answers with a version other than the active one, time from the fault to the first
+answer for an eu-central client from another region (reroute), and time from the heal
+to the first answer from eu-central again (recover). Results go to
+``tests/chaos/RELIABILITY.md`` with the machine and date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent), str(HERE.parent.parent)]
+
+import aiohttp
+from admin_world import EU, US, World, auth, two_region_world
+
+HOME = "eu-central"
+REPORT = HERE / "RELIABILITY.md"
+
+
+@dataclass
+class Result:
+    name: str
+    description: str
+    requests: int = 0
+    failed: int = 0
+    wrong_version: int = 0
+    reroute_ms: float | None = None
+    recover_ms: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    inject: Callable[[World, Result], None]
+    heal: Callable[[World, Result], None]
+
+
+def _node(world: World, color: str = "blue") -> object:
+    return world.nodes[f"{HOME}-{color}"]
+
+
+def _wait(check: Callable[[], bool], timeout: float, what: str) -> float:
+    started = time.monotonic()
+    while not check():
+        if time.monotonic() - started > timeout:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+def _ready(url: str, path: str) -> bool:
+    async def get() -> bool:
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as s, s.get(url + path) as r:
+                return r.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
+    return asyncio.run(get())
+
+
+def _admin_write(world: World) -> int:
+    async def post() -> int:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s, s.post(
+                world.b.url + "/admin/v1/canary", json={"percent": 0, "reason": "chaos: is the store writable"},
+                headers=auth("operator")) as r:
+            return r.status
+
+    return asyncio.run(post())
+
+
+def _kill(nodes: list[object]) -> None:
+    for node in nodes:
+        node.proc.kill()  # type: ignore[attr-defined]
+        node.proc.wait(10)  # type: ignore[attr-defined]
+
+
+def _restart(nodes: list[object], result: Result) -> None:
+    for node in nodes:
+        node.start()  # type: ignore[attr-defined]
+    seconds = max(_wait(lambda n=n: _ready(n.url, "/health/ready"), 180, "a restarted node")  # type: ignore[attr-defined]
+                  for n in nodes)
+    result.notes.append(f"restarted node(s) ready after {seconds:.1f} s")
+
+
+def _redis_down(world: World, result: Result) -> None:
+    world.redis.kill()
+    status = _admin_write(world)
+    result.notes.append(f"admin write while Redis is down: {status}")
+    if status != 503:
+        result.failed += 1_000_000  # makes the row fail loudly: writes must be refused, not lost
+
+
+def _redis_up(world: World, result: Result) -> None:
+    world.redis.restart()  # empty, as after a crash without persistence
+    seconds = _wait(lambda: _admin_write(world) == 200, 60, "admin writes to work again")
+    result.notes.append(f"admin writes accepted {seconds:.1f} s after the restart (the registry healed from the "
+                        "gateways' snapshots)")
+
+
+def _gateway_restart(world: World, result: Result) -> None:
+    world.a.start()
+    seconds = _wait(lambda: _ready(world.a.url, "/readyz"), 60, "the restarted gateway")
+    result.notes.append(f"gateway ready again after {seconds:.1f} s")
+
+
+SCENARIOS = [
+    Scenario("node-killed", "the eu-central blue node SIGKILLed mid-batch, later restarted",
+             lambda w, r: _kill([_node(w)]), lambda w, r: _restart([_node(w)], r)),
+    Scenario("region-killed", "every eu-central node (blue and green) SIGKILLed, later restarted",
+             lambda w, r: _kill([_node(w), _node(w, "green")]),
+             lambda w, r: _restart([_node(w), _node(w, "green")], r)),
+    Scenario("node-500s", "the eu-central blue node answers 500 to every scoring call",
+             lambda w, r: w.fail_file(f"{HOME}-blue").touch(), lambda w, r: w.fail_file(f"{HOME}-blue").unlink()),
+    Scenario("node-hangs", "the eu-central blue node accepts calls and never answers (attempt timeout 1 s)",
+             lambda w, r: w.go_file(f"{HOME}-blue").unlink(), lambda w, r: w.go_file(f"{HOME}-blue").touch()),
+    Scenario("redis-restart", "Redis SIGKILLed during traffic (admin writes must answer 503), restarted empty",
+             _redis_down, _redis_up),
+    Scenario("gateway-restart", "the eu-central gateway SIGKILLed under load (clients go to the other), restarted",
+             lambda w, r: _kill([w.a]), _gateway_restart),
+]
+
+
+def run_scenario(world: World, scenario: Scenario, pre_s: float, fault_s: float, post_s: float) -> Result:
+    result = Result(scenario.name, scenario.description)
+    out, stop = world.tmp / f"load-{scenario.name}.jsonl", world.tmp / f"stop-{scenario.name}"
+    load = subprocess.Popen([sys.executable, str(HERE / "load.py"), "--gateway", world.a.url, "--gateway", world.b.url,
+                             "--client", EU, "--client", US, "--seconds", str(pre_s + fault_s + post_s + 300),
+                             "--stop-file", str(stop), "--out", str(out)])
+    try:
+        # the experiment's own pacing (how long each phase lasts), not a wait for a condition
+        time.sleep(pre_s)
+        t_fault = time.monotonic()
+        scenario.inject(world, result)
+        time.sleep(fault_s)
+        t_heal = time.monotonic()
+        scenario.heal(world, result)  # returns once what it restarted is ready again
+        time.sleep(post_s)
+        stop.touch()
+        if load.wait(60) != 0:
+            raise RuntimeError(f"the load process exited with {load.returncode}")
+    finally:
+        if load.poll() is None:
+            load.kill()
+    calls = [json.loads(line) for line in out.read_text().splitlines() if line]
+    active = world.versions["blue"][0]
+    result.requests = len(calls)
+    result.failed += sum(1 for c in calls if c["status"] != 200)
+    result.wrong_version = sum(1 for c in calls if c["status"] == 200 and c["version"] != active)
+    home = [c for c in calls if c["client"] == EU and c["status"] == 200]
+    moved = [c["done"] for c in home if c["sent"] >= t_fault and c["region"] != HOME]
+    back = [c["done"] for c in home if c["sent"] >= t_heal and c["region"] == HOME]
+    result.reroute_ms = round((min(moved) - t_fault) * 1000, 1) if moved else None
+    result.recover_ms = round((min(back) - t_heal) * 1000, 1) if back else None
+    return result
+
+
+def _fmt(ms: float | None) -> str:
+    return "-" if ms is None else f"{ms:,.0f} ms"
+
+
+def write_report(results: list[Result], timing: str) -> None:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True,
+                            check=False).stdout.strip()
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    lines = [
+        "# Reliability: chaos scenarios", "",
+        f"Produced by `make chaos` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, commit {commit or '?'}, on "
+        f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores ({cpu}). {timing}", "",
+        "Two regions (eu-central, us-east), a blue (active) and a green node in each, two gateways, Redis; load "
+        "from a separate process: 4 callers, clients of both regions, every call a cache miss. Faults hit "
+        "eu-central. *Reroute*: fault -> first answer for an eu-central client from us-east. *Recover*: heal -> "
+        "first answer from eu-central again. Targets: zero failed calls (a healthy alternative existed in every "
+        "scenario), zero wrong-version answers, recovery without an operator.", "",
+        "| scenario | requests | failed | wrong version | reroute | recover | notes |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in results:
+        lines.append(f"| **{r.name}**: {r.description} | {r.requests:,} | {r.failed} | {r.wrong_version} | "
+                     f"{_fmt(r.reroute_ms)} | {_fmt(r.recover_ms)} | {'; '.join(r.notes)} |")
+    REPORT.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="*", choices=[s.name for s in SCENARIOS])
+    parser.add_argument("--pre-s", type=float, default=3.0)
+    parser.add_argument("--fault-s", type=float, default=6.0)
+    parser.add_argument("--post-s", type=float, default=6.0)
+    args = parser.parse_args()
+    chosen = [s for s in SCENARIOS if not args.only or s.name in args.only]
+    results = []
+    with tempfile.TemporaryDirectory() as tmp, two_region_world(Path(tmp), attempt_timeout_ms=1000,
+                                                                  watch_window_s=0) as world:
+        for scenario in chosen:
+            print(f"{scenario.name}: {scenario.description} ...", flush=True)
+            result = run_scenario(world, scenario, args.pre_s, args.fault_s, args.post_s)
+            print(f"  {result.requests} requests, {result.failed} failed, {result.wrong_version} wrong version, "
+                  f"reroute {_fmt(result.reroute_ms)}, recover {_fmt(result.recover_ms)}; {'; '.join(result.notes)}",
+                  flush=True)
+            results.append(result)
+    write_report(results, f"Each scenario: {args.pre_s:g} s steady, {args.fault_s:g} s of fault, then healed and "
+                          f"{args.post_s:g} s more.")
+    print(f"wrote {REPORT}")
+    return 0 if all(r.failed == 0 and r.wrong_version == 0 for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
