@@ -54,8 +54,7 @@ async def run(gateways: list[str], clients: list[str], seconds: float, callers: 
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         await asyncio.gather(*(caller(i, session) for i in range(callers)))
-    with open(out, "w", encoding="utf-8") as fh:
-        fh.write("\n".join(lines) + "\n")
+    Path(out).write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def main() -> None:

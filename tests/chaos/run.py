@@ -191,13 +191,13 @@ def write_report(results: list[Result], timing: str) -> None:
                 if line.startswith("model name")), platform.processor())
     lines = [
         "# Reliability: chaos scenarios", "",
-        f"Produced by `make chaos` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, commit {commit or '?'}, on "
-        f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores ({cpu}). {timing}", "",
-        "Two regions (eu-central, us-east), a blue (active) and a green node in each, two gateways, Redis; load "
-        "from a separate process: 4 callers, clients of both regions, every call a cache miss. Faults hit "
-        "eu-central. *Reroute*: fault -> first answer for an eu-central client from us-east. *Recover*: heal -> "
-        "first answer from eu-central again. Targets: zero failed calls (a healthy alternative existed in every "
-        "scenario), zero wrong-version answers, recovery without an operator.", "",
+        (f"Produced by `make chaos` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, commit {commit or '?'}, on "
+         f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores ({cpu}). {timing}"), "",
+        ("Two regions (eu-central, us-east), a blue (active) and a green node in each, two gateways, Redis; load "
+         "from a separate process: 4 callers, clients of both regions, every call a cache miss. Faults hit "
+         "eu-central. *Reroute*: fault -> first answer for an eu-central client from us-east. *Recover*: heal -> "
+         "first answer from eu-central again. Targets: zero failed calls (a healthy alternative existed in every "
+         "scenario), zero wrong-version answers, recovery without an operator."), "",
         "| scenario | requests | failed | wrong version | reroute | recover | notes |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
