@@ -197,7 +197,9 @@ def write_report(results: list[Result], timing: str) -> None:
          "from a separate process: 4 callers, clients of both regions, every call a cache miss. Faults hit "
          "eu-central. *Reroute*: fault -> first answer for an eu-central client from us-east. *Recover*: heal -> "
          "first answer from eu-central again. Targets: zero failed calls (a healthy alternative existed in every "
-         "scenario), zero wrong-version answers, recovery without an operator."), "",
+         "scenario), zero wrong-version answers, recovery without an operator. A recover of *-* means eu-central "
+         "did not serve again within the post-heal window: a node that kept failing calls is ejected with a "
+         "doubling backoff (up to 30 s) and comes back when it runs out."), "",
         "| scenario | requests | failed | wrong version | reroute | recover | notes |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
