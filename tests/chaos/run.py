@@ -146,8 +146,23 @@ SCENARIOS = [
 ]
 
 
+def _served_at_home(world: World) -> bool:
+    async def call() -> bool:
+        body = {"pairs": [["上海市南京东路1号", f"上海南京东路1号{time.monotonic()}"]]}
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s, s.post(
+                    world.a.url + "/v1/similarity", json=body, headers={"X-Forwarded-For": EU}) as r:
+                return r.status == 200 and r.headers.get("X-Region") == HOME
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
+    return asyncio.run(call())
+
+
 def run_scenario(world: World, scenario: Scenario, pre_s: float, fault_s: float, post_s: float) -> Result:
     result = Result(scenario.name, scenario.description)
+    # each scenario starts from a healthy deployment: the last one's ejections have run out
+    _wait(lambda: _served_at_home(world), 60, "eu-central to serve its clients again")
     out, stop = world.tmp / f"load-{scenario.name}.jsonl", world.tmp / f"stop-{scenario.name}"
     load = subprocess.Popen([sys.executable, str(HERE / "load.py"), "--gateway", world.a.url, "--gateway", world.b.url,
                              "--client", EU, "--client", US, "--seconds", str(pre_s + fault_s + post_s + 300),
