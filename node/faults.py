@@ -20,6 +20,7 @@ class Faults:
     hold_load_file: str | None = None
     hold_inference_file: str | None = None
     fail_file: str | None = None
+    slow_file: str | None = None  # with delay_ms: the delay applies only while this file exists
 
     @property
     def active(self) -> bool:
@@ -35,7 +36,7 @@ class Faults:
     def before_inference(self) -> None:
         """Runs on the device thread before every forward pass."""
         _wait_for(self.hold_inference_file)
-        if self.delay_ms:
+        if self.delay_ms and (self.slow_file is None or Path(self.slow_file).exists()):
             time.sleep(self.delay_ms / 1000)
 
 

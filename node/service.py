@@ -49,6 +49,7 @@ class NodeService:
             hold_load_file=config.fault_hold_load_file,
             hold_inference_file=config.fault_hold_inference_file,
             fail_file=config.fault_fail_file,
+            slow_file=config.fault_slow_file,
         )
         self.state: State = "loading"
         self.error: str | None = None

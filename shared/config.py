@@ -91,6 +91,7 @@ class NodeConfig:
     fault_hold_load_file: str | None = _opt(None, "FAULT: do not load the model until this file exists")
     fault_hold_inference_file: str | None = _opt(None, "FAULT: no forward pass runs until this file exists")
     fault_fail_file: str | None = _opt(None, "FAULT: scoring calls answer 500 while this file exists")
+    fault_slow_file: str | None = _opt(None, "FAULT: with fault_delay_ms, the delay applies only while this file exists")
 
     def __post_init__(self) -> None:
         _check(self.color in COLORS, "color", f"must be one of {COLORS}, not {self.color!r}")

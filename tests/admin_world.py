@@ -36,6 +36,10 @@ class World:
         """While it exists, node ``name`` (``eu-central-green``) answers 500."""
         return self.tmp / f"{name}.fail"
 
+    def slow_file(self, name: str) -> Path:
+        """While it exists, node ``name`` takes 400 ms longer over every forward pass."""
+        return self.tmp / f"{name}.slow"
+
     def go_file(self, name: str) -> Path:
         """While it is missing, node ``name`` holds every forward pass (it hangs)."""
         return self.tmp / f"{name}.go"
@@ -58,7 +62,8 @@ def two_region_world(tmp: Path, **gateway: object) -> Iterator[World]:
                 nodes[name] = NodeProcess(tmp, "--region", region, "--color", color, "--model", model,
                                           "--registry-url", redis.url, "--cpu-threads", "1",
                                           "--fault-fail-file", str(tmp / f"{name}.fail"),
-                                          "--fault-hold-inference-file", str(tmp / f"{name}.go"))
+                                          "--fault-hold-inference-file", str(tmp / f"{name}.go"),
+                                          "--fault-delay-ms", "400", "--fault-slow-file", str(tmp / f"{name}.slow"))
         versions = asyncio.run(seed_registry_from(redis.url, list(nodes.values()), ["eu-central", "us-east"]))
         tokens = tmp / "tokens.yaml"
         tokens.write_text(yaml.safe_dump({"tokens": [{"name": NAMES[r], "role": r, "sha256": hash_token(t)}

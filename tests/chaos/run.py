@@ -49,6 +49,7 @@ class Result:
     wrong_version: int = 0
     reroute_ms: float | None = None
     recover_ms: float | None = None
+    fault_p99_ms: float | None = None  # eu-central clients' calls sent during the fault
     notes: list[str] = field(default_factory=list)
 
 
@@ -58,6 +59,7 @@ class Scenario:
     description: str
     inject: Callable[[World, Result], None]
     heal: Callable[[World, Result], None]
+    gateways: Callable[[World], list[str]] = lambda w: [w.a.url, w.b.url]  # where the load goes
 
 
 def _node(world: World, color: str = "blue") -> object:
@@ -129,6 +131,21 @@ def _gateway_restart(world: World, result: Result) -> None:
     result.notes.append(f"gateway ready again after {seconds:.1f} s")
 
 
+_hedging: dict[str, object] = {}  # one extra gateway that hedges, started on first use
+
+
+def _hedging_gateway(world: World) -> list[str]:
+    """A third gateway in eu-central that sends a twin attempt after 100 ms."""
+    from helpers import GatewayProcess
+
+    gw = _hedging.get(world.tmp.name)
+    if gw is None:
+        gw = _hedging[world.tmp.name] = GatewayProcess(world.tmp, "--config", str(world.config), "--region", HOME,
+                                                       "--hedge-after-ms", "100", "--hedge-budget-percent", "100")
+        _wait(lambda: _ready(gw.url, "/readyz"), 60, "the hedging gateway")  # type: ignore[attr-defined]
+    return [gw.url]  # type: ignore[attr-defined]
+
+
 SCENARIOS = [
     Scenario("node-killed", "the eu-central blue node SIGKILLed mid-batch, later restarted",
              lambda w, r: _kill([_node(w)]), lambda w, r: _restart([_node(w)], r)),
@@ -139,6 +156,12 @@ SCENARIOS = [
              lambda w, r: w.fail_file(f"{HOME}-blue").touch(), lambda w, r: w.fail_file(f"{HOME}-blue").unlink()),
     Scenario("node-hangs", "the eu-central blue node accepts calls and never answers (attempt timeout 1 s)",
              lambda w, r: w.go_file(f"{HOME}-blue").unlink(), lambda w, r: w.go_file(f"{HOME}-blue").touch()),
+    Scenario("slow-node", "the eu-central blue node 400 ms slower per batch; no hedging (gateway a only)",
+             lambda w, r: w.slow_file(f"{HOME}-blue").touch(), lambda w, r: w.slow_file(f"{HOME}-blue").unlink(),
+             gateways=lambda w: [w.a.url]),
+    Scenario("slow-node-hedged", "the same slow node behind a gateway that hedges after 100 ms",
+             lambda w, r: w.slow_file(f"{HOME}-blue").touch(), lambda w, r: w.slow_file(f"{HOME}-blue").unlink(),
+             gateways=_hedging_gateway),
     Scenario("redis-restart", "Redis SIGKILLed during traffic (admin writes must answer 503), restarted empty",
              _redis_down, _redis_up),
     Scenario("gateway-restart", "the eu-central gateway SIGKILLed under load (clients go to the other), restarted",
@@ -164,8 +187,8 @@ def run_scenario(world: World, scenario: Scenario, pre_s: float, fault_s: float,
     # each scenario starts from a healthy deployment: the last one's ejections have run out
     _wait(lambda: _served_at_home(world), 60, "eu-central to serve its clients again")
     out, stop = world.tmp / f"load-{scenario.name}.jsonl", world.tmp / f"stop-{scenario.name}"
-    load = subprocess.Popen([sys.executable, str(HERE / "load.py"), "--gateway", world.a.url, "--gateway", world.b.url,
-                             "--client", EU, "--client", US, "--seconds", str(pre_s + fault_s + post_s + 300),
+    targets = [arg for url in scenario.gateways(world) for arg in ("--gateway", url)]
+    load = subprocess.Popen([sys.executable, str(HERE / "load.py"), *targets, "--client", EU, "--client", US, "--seconds", str(pre_s + fault_s + post_s + 300),
                              "--stop-file", str(stop), "--out", str(out)])
     try:
         # the experiment's own pacing (how long each phase lasts), not a wait for a condition
@@ -192,6 +215,8 @@ def run_scenario(world: World, scenario: Scenario, pre_s: float, fault_s: float,
     back = [c["done"] for c in home if c["sent"] >= t_heal and c["region"] == HOME]
     result.reroute_ms = round((min(moved) - t_fault) * 1000, 1) if moved else None
     result.recover_ms = round((min(back) - t_heal) * 1000, 1) if back else None
+    during = sorted((c["done"] - c["sent"]) * 1000 for c in home if t_fault <= c["sent"] < t_heal)
+    result.fault_p99_ms = round(during[min(len(during) - 1, int(0.99 * len(during)))], 1) if during else None
     return result
 
 
@@ -215,13 +240,22 @@ def write_report(results: list[Result], timing: str) -> None:
          "scenario), zero wrong-version answers, recovery without an operator. A recover of *-* means eu-central "
          "did not serve again within the post-heal window: a node that kept failing calls is ejected with a "
          "doubling backoff (up to 30 s) and comes back when it runs out."), "",
-        "| scenario | requests | failed | wrong version | reroute | recover | notes |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| scenario | requests | failed | wrong version | reroute | recover | eu-central p99 during the fault | notes |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
         lines.append(f"| **{r.name}**: {r.description} | {r.requests:,} | {r.failed} | {r.wrong_version} | "
-                     f"{_fmt(r.reroute_ms)} | {_fmt(r.recover_ms)} | {'; '.join(r.notes)} |")
+                     f"{_fmt(r.reroute_ms)} | {_fmt(r.recover_ms)} | {_fmt(r.fault_p99_ms)} | {'; '.join(r.notes)} |")
     REPORT.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _run_and_say(world: World, scenario: Scenario, args: argparse.Namespace) -> Result:
+    print(f"{scenario.name}: {scenario.description} ...", flush=True)
+    result = run_scenario(world, scenario, args.pre_s, args.fault_s, args.post_s)
+    print(f"  {result.requests} requests, {result.failed} failed, {result.wrong_version} wrong version, "
+          f"reroute {_fmt(result.reroute_ms)}, recover {_fmt(result.recover_ms)}, p99 during the fault "
+          f"{_fmt(result.fault_p99_ms)}; {'; '.join(result.notes)}", flush=True)
+    return result
 
 
 def main() -> int:
@@ -232,19 +266,19 @@ def main() -> int:
     parser.add_argument("--post-s", type=float, default=6.0)
     args = parser.parse_args()
     chosen = [s for s in SCENARIOS if not args.only or s.name in args.only]
-    results = []
     with tempfile.TemporaryDirectory() as tmp, two_region_world(Path(tmp), attempt_timeout_ms=1000,
                                                                   watch_window_s=0) as world:
-        for scenario in chosen:
-            print(f"{scenario.name}: {scenario.description} ...", flush=True)
-            result = run_scenario(world, scenario, args.pre_s, args.fault_s, args.post_s)
-            print(f"  {result.requests} requests, {result.failed} failed, {result.wrong_version} wrong version, "
-                  f"reroute {_fmt(result.reroute_ms)}, recover {_fmt(result.recover_ms)}; {'; '.join(result.notes)}",
-                  flush=True)
-            results.append(result)
-    write_report(results, f"Each scenario: {args.pre_s:g} s steady, {args.fault_s:g} s of fault, then healed and "
-                          f"{args.post_s:g} s more.")
-    print(f"wrote {REPORT}")
+        try:
+            results = [_run_and_say(world, scenario, args) for scenario in chosen]
+        finally:
+            for gateway in _hedging.values():
+                gateway.stop()  # type: ignore[attr-defined]
+    if args.only:  # the report stands for a whole run
+        print(f"a partial run (--only): {REPORT.name} left as it is")
+    else:
+        write_report(results, f"Each scenario: {args.pre_s:g} s steady, {args.fault_s:g} s of fault, then healed "
+                              f"and {args.post_s:g} s more.")
+        print(f"wrote {REPORT}")
     return 0 if all(r.failed == 0 and r.wrong_version == 0 for r in results) else 1
 
 
