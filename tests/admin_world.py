@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from helpers import GatewayProcess, NodeProcess, RedisServer, seed_registry_from
+from helpers import GatewayProcess, NodeProcess, RedisServer, free_port, seed_registry_from
 
 from gateway.auth import hash_token
 
+PROXY = Path(__file__).parent / "chaos" / "tcp_proxy.py"
 GEOIP = Path(__file__).parent / "data" / "geoip" / "GeoIP2-Country-Test.mmdb"
 EU, US = "89.160.20.113", "50.114.0.1"  # SE and US in MaxMind's test database
 TOKENS = {"viewer": "vera-token-0123456789abcdef", "operator": "otto-token-0123456789abcdef",
@@ -40,6 +43,10 @@ class World:
         """While it exists, node ``name`` takes 400 ms longer over every forward pass."""
         return self.tmp / f"{name}.slow"
 
+    def cut_file(self, region: str) -> Path:
+        """While it exists, the gateways cannot reach ``region``'s nodes (with ``proxied=region``)."""
+        return self.tmp / f"{region}.cut"
+
     def go_file(self, name: str) -> Path:
         """While it is missing, node ``name`` holds every forward pass (it hangs)."""
         return self.tmp / f"{name}.go"
@@ -50,20 +57,34 @@ def auth(role: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def two_region_world(tmp: Path, **gateway: object) -> Iterator[World]:
+def two_region_world(tmp: Path, *, proxied: str | None = None, **gateway: object) -> Iterator[World]:
+    """``proxied``: the gateways reach that region's nodes through TCP proxies
+    (``tests/chaos/tcp_proxy.py``), so a test can cut the region off (``World.cut_file``)."""
     redis = RedisServer(tmp)
     nodes: dict[str, NodeProcess] = {}
+    urls: dict[str, str] = {}  # what gateways use for each node
+    proxies: list[subprocess.Popen[bytes]] = []
     gateways: list[GatewayProcess] = []
     try:
         for region in ("eu-central", "us-east"):
             for color, model in (("blue", "demo"), ("green", "demo-v2")):
                 name = f"{region}-{color}"
                 (tmp / f"{name}.go").touch()
+                via: list[str] = []
+                if region == proxied:
+                    port = free_port()
+                    urls[name] = f"http://127.0.0.1:{port}"
+                    via = ["--advertise-url", urls[name]]  # its heartbeat names the proxy too
                 nodes[name] = NodeProcess(tmp, "--region", region, "--color", color, "--model", model,
                                           "--registry-url", redis.url, "--cpu-threads", "1",
                                           "--fault-fail-file", str(tmp / f"{name}.fail"),
                                           "--fault-hold-inference-file", str(tmp / f"{name}.go"),
-                                          "--fault-delay-ms", "400", "--fault-slow-file", str(tmp / f"{name}.slow"))
+                                          "--fault-delay-ms", "400", "--fault-slow-file", str(tmp / f"{name}.slow"),
+                                          *via)
+                if region == proxied:
+                    proxies.append(subprocess.Popen([sys.executable, str(PROXY), str(port), str(nodes[name].port),
+                                                     str(tmp / f"{region}.cut")]))
+                urls.setdefault(name, nodes[name].url)
         versions = asyncio.run(seed_registry_from(redis.url, list(nodes.values()), ["eu-central", "us-east"]))
         tokens = tmp / "tokens.yaml"
         tokens.write_text(yaml.safe_dump({"tokens": [{"name": NAMES[r], "role": r, "sha256": hash_token(t)}
@@ -75,8 +96,7 @@ def two_region_world(tmp: Path, **gateway: object) -> Iterator[World]:
                         "watch_window_s": 20, "watch_min_calls": 10, "registry_url": redis.url, **gateway},
             "regions": {"eu-central": {"failover": ["us-east"]}, "us-east": {"failover": ["eu-central"]}},
             "countries": {"SE": "eu-central", "GB": "eu-central", "US": "us-east"},
-            "nodes": [{"region": n.split("-blue")[0].split("-green")[0], "color": n.rsplit("-", 1)[1], "url": p.url}
-                      for n, p in nodes.items()],
+            "nodes": [{"region": n.rsplit("-", 1)[0], "color": n.rsplit("-", 1)[1], "url": urls[n]} for n in nodes],
         }))
         gateways = [GatewayProcess(tmp, "--config", str(config), "--region", r) for r in ("eu-central", "us-east")]
         for gw in gateways:
@@ -85,6 +105,9 @@ def two_region_world(tmp: Path, **gateway: object) -> Iterator[World]:
     finally:
         for process in [*gateways, *nodes.values()]:
             process.stop()
+        for proxy in proxies:
+            proxy.kill()
+            proxy.wait(10)
         redis.stop()
 
 

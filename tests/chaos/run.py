@@ -162,6 +162,8 @@ SCENARIOS = [
     Scenario("slow-node-hedged", "the same slow node behind a gateway that hedges after 100 ms",
              lambda w, r: w.slow_file(f"{HOME}-blue").touch(), lambda w, r: w.slow_file(f"{HOME}-blue").unlink(),
              gateways=_hedging_gateway),
+    Scenario("region-cut-off", "the gateways' connections to eu-central dropped (a TCP proxy), then healed",
+             lambda w, r: w.cut_file(HOME).touch(), lambda w, r: w.cut_file(HOME).unlink()),
     Scenario("redis-restart", "Redis SIGKILLed during traffic (admin writes must answer 503), restarted empty",
              _redis_down, _redis_up),
     Scenario("gateway-restart", "the eu-central gateway SIGKILLed under load (clients go to the other), restarted",
@@ -266,7 +268,7 @@ def main() -> int:
     parser.add_argument("--post-s", type=float, default=6.0)
     args = parser.parse_args()
     chosen = [s for s in SCENARIOS if not args.only or s.name in args.only]
-    with tempfile.TemporaryDirectory() as tmp, two_region_world(Path(tmp), attempt_timeout_ms=1000,
+    with tempfile.TemporaryDirectory() as tmp, two_region_world(Path(tmp), proxied=HOME, attempt_timeout_ms=1000,
                                                                   watch_window_s=0) as world:
         try:
             results = [_run_and_say(world, scenario, args) for scenario in chosen]
