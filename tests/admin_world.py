@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from helpers import GatewayProcess, NodeProcess, RedisServer, free_port, seed_registry_from
+from helpers import GatewayProcess, NodeProcess, RedisSentinel, RedisServer, free_port, seed_registry_from
 
 from gateway.auth import hash_token
 
@@ -34,6 +34,8 @@ class World:
     config: Path
     tmp: Path
     versions: dict[str, tuple[str, str]]  # color -> (version, checksum)
+    store_url: str = ""  # what nodes and gateways use: the primary's URL, or Sentinel's
+    replica: RedisServer | None = None  # with sentinel=True
 
     def fail_file(self, name: str) -> Path:
         """While it exists, node ``name`` (``eu-central-green``) answers 500."""
@@ -57,10 +59,16 @@ def auth(role: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def two_region_world(tmp: Path, *, proxied: str | None = None, **gateway: object) -> Iterator[World]:
+def two_region_world(tmp: Path, *, proxied: str | None = None, sentinel: bool = False,
+                     **gateway: object) -> Iterator[World]:
     """``proxied``: the gateways reach that region's nodes through TCP proxies
-    (``tests/chaos/tcp_proxy.py``), so a test can cut the region off (``World.cut_file``)."""
+    (``tests/chaos/tcp_proxy.py``), so a test can cut the region off (``World.cut_file``).
+    ``sentinel``: Redis is a primary, a replica and a Sentinel, and everything connects
+    through Sentinel (``redis+sentinel://``), so the primary can fail over."""
     redis = RedisServer(tmp)
+    replica = RedisServer(tmp, replica_of=redis) if sentinel else None
+    watcher = RedisSentinel(tmp, redis) if sentinel else None
+    store_url = watcher.url if watcher else redis.url
     nodes: dict[str, NodeProcess] = {}
     urls: dict[str, str] = {}  # what gateways use for each node
     proxies: list[subprocess.Popen[bytes]] = []
@@ -76,7 +84,7 @@ def two_region_world(tmp: Path, *, proxied: str | None = None, **gateway: object
                     urls[name] = f"http://127.0.0.1:{port}"
                     via = ["--advertise-url", urls[name]]  # its heartbeat names the proxy too
                 nodes[name] = NodeProcess(tmp, "--region", region, "--color", color, "--model", model,
-                                          "--registry-url", redis.url, "--cpu-threads", "1",
+                                          "--registry-url", store_url, "--cpu-threads", "1",
                                           "--fault-fail-file", str(tmp / f"{name}.fail"),
                                           "--fault-hold-inference-file", str(tmp / f"{name}.go"),
                                           "--fault-delay-ms", "400", "--fault-slow-file", str(tmp / f"{name}.slow"),
@@ -85,7 +93,7 @@ def two_region_world(tmp: Path, *, proxied: str | None = None, **gateway: object
                     proxies.append(subprocess.Popen([sys.executable, str(PROXY), str(port), str(nodes[name].port),
                                                      str(tmp / f"{region}.cut")]))
                 urls.setdefault(name, nodes[name].url)
-        versions = asyncio.run(seed_registry_from(redis.url, list(nodes.values()), ["eu-central", "us-east"]))
+        versions = asyncio.run(seed_registry_from(store_url, list(nodes.values()), ["eu-central", "us-east"]))
         tokens = tmp / "tokens.yaml"
         tokens.write_text(yaml.safe_dump({"tokens": [{"name": NAMES[r], "role": r, "sha256": hash_token(t)}
                                                      for r, t in TOKENS.items()]}))
@@ -93,7 +101,7 @@ def two_region_world(tmp: Path, *, proxied: str | None = None, **gateway: object
         config.write_text(yaml.safe_dump({
             "gateway": {"trusted_proxies": "127.0.0.0/8", "geoip_db": str(GEOIP), "probe_interval_s": 0.2,
                         "deep_probe_interval_s": 0, "cache_ttl_s": 0, "admin_tokens_file": str(tokens),
-                        "watch_window_s": 20, "watch_min_calls": 10, "registry_url": redis.url, **gateway},
+                        "watch_window_s": 20, "watch_min_calls": 10, "registry_url": store_url, **gateway},
             "regions": {"eu-central": {"failover": ["us-east"]}, "us-east": {"failover": ["eu-central"]}},
             "countries": {"SE": "eu-central", "GB": "eu-central", "US": "us-east"},
             "nodes": [{"region": n.rsplit("-", 1)[0], "color": n.rsplit("-", 1)[1], "url": urls[n]} for n in nodes],
@@ -101,13 +109,15 @@ def two_region_world(tmp: Path, *, proxied: str | None = None, **gateway: object
         gateways = [GatewayProcess(tmp, "--config", str(config), "--region", r) for r in ("eu-central", "us-east")]
         for gw in gateways:
             asyncio.run(gw.wait_ready())
-        yield World(redis, nodes, gateways[0], gateways[1], config, tmp, versions)
+        yield World(redis, nodes, gateways[0], gateways[1], config, tmp, versions, store_url, replica)
     finally:
         for process in [*gateways, *nodes.values()]:
             process.stop()
         for proxy in proxies:
             proxy.kill()
             proxy.wait(10)
-        redis.stop()
+        for server in (watcher, replica, redis):
+            if server is not None:
+                server.stop()
 
 

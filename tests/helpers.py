@@ -245,15 +245,15 @@ def build_tiny_bundle(out: Path, *, tasks: tuple[str, ...] = ("similarity", "par
     return out
 
 
-async def seed_registry_from(redis_url: str, nodes: list[NodeProcess], regions: list[str]) -> dict[str, tuple[str, str]]:
+async def seed_registry_from(store_url: str, nodes: list[NodeProcess], regions: list[str]) -> dict[str, tuple[str, str]]:
     """The registry seeded (blue active) from what ``nodes`` report, as a deployment does it;
     returns each color's (version, checksum)."""
     from shared.bootstrap import read_identities, seed_registry
     from shared.registry import Registry
-    from shared.store import RedisStore
+    from shared.store import open_store
 
     identities = await read_identities([n.url for n in nodes], wait_s=STARTUP_S)
-    store = RedisStore(redis_url)
+    store = open_store(store_url)  # redis:// or redis+sentinel://
     try:
         await seed_registry(Registry(store), identities, active="blue", regions=regions, who="test")
     finally:

@@ -125,6 +125,30 @@ def _redis_up(world: World, result: Result) -> None:
                         "gateways' snapshots)")
 
 
+def _status_epoch(world: World) -> int:
+    async def get() -> int:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s, s.get(
+                world.b.url + "/admin/v1/status", headers=auth("viewer")) as r:
+            return int((await r.json())["registry"]["epoch"])
+
+    return asyncio.run(get())
+
+
+def _primary_down(world: World, result: Result) -> None:
+    before = _status_epoch(world)
+    world.redis.kill()
+    seconds = _wait(lambda: _admin_write(world) == 200, 60, "writes through the promoted replica")
+    after = _status_epoch(world)
+    result.notes.append(f"Sentinel promoted the replica: admin writes accepted again {seconds:.1f} s after the kill; "
+                        f"registry epoch {before} before, {after} after one write (state kept)")
+    if after != before + 1:
+        result.failed += 1_000_000  # the registry lost or skipped state
+
+
+def _primary_back(world: World, result: Result) -> None:
+    world.redis.start()  # Sentinel turns the old primary into a replica of the new one
+
+
 def _gateway_restart(world: World, result: Result) -> None:
     world.a.start()
     seconds = _wait(lambda: _ready(world.a.url, "/readyz"), 60, "the restarted gateway")
@@ -184,6 +208,12 @@ def _served_at_home(world: World) -> bool:
     return asyncio.run(call())
 
 
+SENTINEL_SCENARIOS = [
+    Scenario("sentinel-failover", "the Redis primary SIGKILLed; Sentinel promotes the replica; the old one rejoins",
+             _primary_down, _primary_back),
+]
+
+
 def run_scenario(world: World, scenario: Scenario, pre_s: float, fault_s: float, post_s: float) -> Result:
     result = Result(scenario.name, scenario.description)
     # each scenario starts from a healthy deployment: the last one's ejections have run out
@@ -235,7 +265,8 @@ def write_report(results: list[Result], timing: str) -> None:
         "# Reliability: chaos scenarios", "",
         (f"Produced by `make chaos` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, commit {commit or '?'}, on "
          f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores ({cpu}). {timing}"), "",
-        ("Two regions (eu-central, us-east), a blue (active) and a green node in each, two gateways, Redis; load "
+        ("Two regions (eu-central, us-east), a blue (active) and a green node in each, two gateways, Redis (for "
+         "sentinel-failover: a primary, a replica and a Sentinel, everything connected through Sentinel); load "
          "from a separate process: 4 callers, clients of both regions, every call a cache miss. Faults hit "
          "eu-central. *Reroute*: fault -> first answer for an eu-central client from us-east. *Recover*: heal -> "
          "first answer from eu-central again. Targets: zero failed calls (a healthy alternative existed in every "
@@ -262,19 +293,25 @@ def _run_and_say(world: World, scenario: Scenario, args: argparse.Namespace) -> 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", nargs="*", choices=[s.name for s in SCENARIOS])
+    parser.add_argument("--only", nargs="*", choices=[s.name for s in SCENARIOS + SENTINEL_SCENARIOS])
     parser.add_argument("--pre-s", type=float, default=3.0)
     parser.add_argument("--fault-s", type=float, default=6.0)
     parser.add_argument("--post-s", type=float, default=6.0)
     args = parser.parse_args()
     chosen = [s for s in SCENARIOS if not args.only or s.name in args.only]
+    results = []
     with tempfile.TemporaryDirectory() as tmp, two_region_world(Path(tmp), proxied=HOME, attempt_timeout_ms=1000,
                                                                   watch_window_s=0) as world:
         try:
-            results = [_run_and_say(world, scenario, args) for scenario in chosen]
+            results += [_run_and_say(world, scenario, args) for scenario in chosen]
         finally:
             for gateway in _hedging.values():
                 gateway.stop()  # type: ignore[attr-defined]
+    chosen = [s for s in SENTINEL_SCENARIOS if not args.only or s.name in args.only]
+    if chosen:
+        with tempfile.TemporaryDirectory() as tmp, two_region_world(Path(tmp), sentinel=True, attempt_timeout_ms=1000,
+                                                                      watch_window_s=0) as world:
+            results += [_run_and_say(world, scenario, args) for scenario in chosen]
     if args.only:  # the report stands for a whole run
         print(f"a partial run (--only): {REPORT.name} left as it is")
     else:
