@@ -110,6 +110,18 @@ def _restart(nodes: list[object], result: Result) -> None:
     result.notes.append(f"restarted node(s) ready after {seconds:.1f} s")
 
 
+WRONG_VERSION = "mgeo_demo_tiny-wrong-20260101"
+
+
+def _relaunch(node: object, result: Result, *extra: str) -> None:
+    """Restart ``node`` with its own arguments plus ``extra`` (later flags win)."""
+    _kill([node])
+    base = getattr(node, "base_cmd", None) or list(node.cmd)  # type: ignore[attr-defined]
+    node.base_cmd = base  # type: ignore[attr-defined]
+    node.cmd = [*base, *extra]  # type: ignore[attr-defined]
+    _restart([node], result)
+
+
 def _redis_down(world: World, result: Result) -> None:
     world.redis.kill()
     status = _admin_write(world)
@@ -180,6 +192,9 @@ SCENARIOS = [
              lambda w, r: w.fail_file(f"{HOME}-blue").touch(), lambda w, r: w.fail_file(f"{HOME}-blue").unlink()),
     Scenario("node-hangs", "the eu-central blue node accepts calls and never answers (attempt timeout 1 s)",
              lambda w, r: w.go_file(f"{HOME}-blue").unlink(), lambda w, r: w.go_file(f"{HOME}-blue").touch()),
+    Scenario("wrong-version", f"the eu-central blue node restarted reporting {WRONG_VERSION}, later fixed",
+             lambda w, r: _relaunch(_node(w), r, "--model-version", WRONG_VERSION),
+             lambda w, r: _relaunch(_node(w), r)),
     Scenario("slow-node", "the eu-central blue node 400 ms slower per batch; no hedging (gateway a only)",
              lambda w, r: w.slow_file(f"{HOME}-blue").touch(), lambda w, r: w.slow_file(f"{HOME}-blue").unlink(),
              gateways=lambda w: [w.a.url]),
