@@ -27,7 +27,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/mypy gateway node shared
 
 bench: $(VENV)/.installed
-	$(PY) tests/bench/node_batching.py
+	$(PY) tests/bench/run_all.py
 
 chaos: $(VENV)/.installed
 	$(PY) tests/chaos/run.py

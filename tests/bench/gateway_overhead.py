@@ -26,6 +26,8 @@ each; under steady load the home region's node is SIGKILLed, once behind a gatew
 region cn-east fails over to eu-central, once behind nginx with the second node as a
 ``backup`` server; the script prints, for each, the calls that failed and how long after
 the kill the last one failed (and when the second node first answered).
+
+``--json FILE`` also writes every figure to FILE (for ``tests/bench/run_all.py``).
 """
 
 from __future__ import annotations
@@ -453,6 +455,7 @@ def main() -> None:
                         help="also SIGKILL the home node under load, behind geogate and behind nginx")
     parser.add_argument("--failover-seconds", type=float, default=4.0, help="measured seconds of a failover run")
     parser.add_argument("--kill-after", type=float, default=1.0, help="seconds into a failover run of the SIGKILL")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results to FILE as JSON")
     parser.add_argument("--load", help=argparse.SUPPRESS)
     parser.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--fake-node", type=int, help=argparse.SUPPRESS)
@@ -532,6 +535,23 @@ def main() -> None:
         for name, r in failover.items():
             print(f"{name:8s} {r['calls']:7d} {r['failed']:7d} {_fmt(r['last_failed_ms'], 22, 1)} "
                   f"{_fmt(r['first_moved_ms'], 36, 1)}")
+    if args.json:
+        settings = {k: getattr(args, k) for k in ("node", "connections", "seconds", "warmup", "load_procs",
+                                                   "gateway_procs", "failover", "failover_seconds", "kill_after")}
+        doc = {"benchmark": "gateway_overhead", "settings": settings, "paths": results, "failover": failover,
+               "ratios": {label: value for label, value, _, _ in checks}}
+        # strict JSON: a percentile of no calls (nan) becomes null
+        args.json.write_text(json.dumps(_no_nan(doc), indent=2) + "\n")
+
+
+def _no_nan(value: object) -> object:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _no_nan(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_no_nan(v) for v in value]
+    return value
 
 
 if __name__ == "__main__":

@@ -11,8 +11,9 @@ the script prints pairs/s both ways and their ratio. ``--model base`` builds a
 BERT-base-sized model with random weights (hidden 768, 12 layers, vocab 21128) in a
 temporary directory: what an MGeo-base node costs, for timing only. ``--load-procs``
 spreads the clients over several processes (one Python client tops out before a GPU
-node does), ``--ceiling`` also times the model alone in full batches without HTTP, and
-``--node-arg=--cpu-threads=2`` passes a flag to both nodes.
+node does), ``--ceiling`` also times the model alone in full batches without HTTP,
+``--node-arg=--cpu-threads=2`` passes a flag to both nodes, and ``--json FILE`` also
+writes the figures to FILE (for ``tests/bench/run_all.py``).
 """
 
 from __future__ import annotations
@@ -159,6 +160,7 @@ def main() -> None:
     parser.add_argument("--only", choices=["batched", "unbatched"], help="run one variant (no ratio)")
     parser.add_argument("--load-procs", type=int, default=1, help="client processes the clients are spread over")
     parser.add_argument("--ceiling", action="store_true", help="also time the model alone, without HTTP")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results to FILE as JSON")
     parser.add_argument("--load", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.load:
@@ -173,6 +175,7 @@ def main() -> None:
         if args.only:
             variants = {args.only: variants[args.only]}
         totals: dict[str, list[float]] = {name: [] for name in variants}
+        rounds: list[dict[str, object]] = []
         for rnd in range(args.rounds):
             for name, extra in variants.items():
                 node = NodeProcess(Path(tmp), *common, *extra)
@@ -182,6 +185,7 @@ def main() -> None:
                 finally:
                     node.stop()
                 totals[name].append(result["pairs_per_s"])
+                rounds.append({"round": rnd + 1, "variant": name, **result})
                 print(f"round {rnd + 1} {name:9s}: {result['pairs_per_s']:9.1f} pairs/s  "
                       f"p99 {result['p99_ms']:7.1f} ms  ({int(result['requests'])} ok, {int(result['errors'])} errors)",
                       flush=True)
@@ -194,8 +198,20 @@ def main() -> None:
             print(f"unbatched (max_batch_size=1):  {mean['unbatched']:.1f} pairs/s")
         if len(mean) == 2:
             print(f"ratio: {mean['batched'] / mean['unbatched']:.2f}x")
-        if args.ceiling:
-            print(f"model alone, batches of {args.max_batch_size}, no HTTP: {model_ceiling(model, args):.1f} pairs/s")
+        ceiling = model_ceiling(model, args) if args.ceiling else None
+        if ceiling is not None:
+            print(f"model alone, batches of {args.max_batch_size}, no HTTP: {ceiling:.1f} pairs/s")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "benchmark": "node_batching",
+            "settings": {"model": args.model, "device": args.device, "dtype": args.dtype, "clients": args.clients,
+                         "load_procs": args.load_procs, "pairs_per_request": args.pairs, "seconds": args.seconds,
+                         "rounds": args.rounds, "max_batch_size": args.max_batch_size, "node_args": args.node_arg},
+            "rounds": rounds,
+            "pairs_per_s": mean,
+            "ratio": mean["batched"] / mean["unbatched"] if len(mean) == 2 else None,
+            "ceiling_pairs_per_s": ceiling,
+        }, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ One private ``redis-server`` on a free loopback port serves both parts:
    (A B A B ..., so drift hits both alike); the script prints the mean time per lookup of
    all keys both ways and their ratio.
 
+``--json FILE`` also writes the figures to FILE (for ``tests/bench/run_all.py``).
+
 Everything stays on 127.0.0.1; watchers exit when their stdin closes, on a ``stop`` line
 or after ``--max-seconds``, and are killed if they do not exit in time.
 """
@@ -30,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import math
 import os
 import sys
@@ -243,6 +246,7 @@ def main() -> None:
     parser.add_argument("--change-timeout", type=float, default=5.0, help="seconds to wait for one change")
     parser.add_argument("--rounds", type=int, default=500, help="MGET/GET rounds (alternated against drift)")
     parser.add_argument("--keys", type=int, default=64, help="keys per lookup")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results to FILE as JSON")
     parser.add_argument("--watch", help=argparse.SUPPRESS)
     parser.add_argument("--max-seconds", type=float, default=600.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -274,6 +278,13 @@ def main() -> None:
     print(f"  one MGET          mean {look['mget_us']:9.1f} us   p50 {look['mget_p50_us']:9.1f} us")
     print(f"  {n} sequential GETs mean {look['get_us']:9.1f} us   p50 {look['get_p50_us']:9.1f} us")
     print(f"  ratio (GETs / MGET): {look['ratio']:.1f}x")
+    if args.json:
+        settings = {k: getattr(args, k) for k in ("changes", "watchers", "change_timeout", "rounds", "keys")}
+        # strict JSON: a percentile of no samples (nan) becomes null
+        prop_json = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in prop.items()}
+        doc = {"benchmark": "store_bench", "settings": settings, "target_p99_ms": TARGET_P99_MS,
+               "target_met": verdict == "met", "propagation": prop_json, "lookups": look}
+        args.json.write_text(json.dumps(doc, indent=2) + "\n")
 
 
 if __name__ == "__main__":
