@@ -27,6 +27,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/mypy gateway node shared
 
 bench: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[bench]'  # matplotlib, for the failover plot
 	$(PY) tests/bench/run_all.py
 
 chaos: $(VENV)/.installed
