@@ -244,15 +244,16 @@ async def _changed(gw: Gateway, admin: Admin, record: RegistryRecord) -> dict[st
     deadline = time.monotonic() + gw.config.switch_ack_timeout_s
     while True:
         try:
-            live = await admin.gateways.live()
+            live: list[GatewayHeartbeat] | None = await admin.gateways.live()
         except StoreUnavailable:
-            live = []
-        behind = [g for g in live if g.epoch < record.epoch and g.state == "serving"]
-        if not behind or time.monotonic() > deadline:
-            return {"epoch": record.epoch, "gateways_applied": [f"{g.region} {g.url} pid {g.pid}" for g in live
+            live = None  # the change is written; who has applied it cannot be read now
+        behind = [g for g in live or [] if g.epoch < record.epoch and g.state == "serving"]
+        if (live is not None and not behind) or time.monotonic() > deadline:
+            unknown = [] if live is not None else ["unknown: the store became unreachable before gateways confirmed"]
+            return {"epoch": record.epoch, "gateways_applied": [f"{g.region} {g.url} pid {g.pid}" for g in live or []
                                                                  if g not in behind],
-                    "gateways_not_confirmed": [f"{g.region} {g.url} pid {g.pid} (at epoch {g.epoch})"
-                                               for g in behind]}
+                    "gateways_not_confirmed": unknown + [f"{g.region} {g.url} pid {g.pid} (at epoch {g.epoch})"
+                                                         for g in behind]}
         await asyncio.sleep(0.02)
 
 
