@@ -73,7 +73,10 @@ class TokenBook:
             raise Unauthorized("this needs an admin token: Authorization: Bearer <token>")
         if not self.entries:
             raise Unauthorized("no admin tokens are configured on this gateway (admin_tokens_file)")
-        presented = hashlib.sha256(token.strip().encode()).digest()
+        try:
+            presented = hashlib.sha256(token.strip().encode()).digest()
+        except UnicodeEncodeError:  # bytes that are not UTF-8 in the header: no token of ours
+            raise Unauthorized("the admin token is not valid") from None
         found: Principal | None = None
         for digest, principal in self.entries:  # no early exit: the time taken says nothing
             if hmac.compare_digest(presented, digest):

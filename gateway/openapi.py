@@ -44,7 +44,8 @@ def _document() -> dict[str, Any]:
             "summary": summary,
             "parameters": [
                 {"name": "X-Deadline-Ms", "in": "header", "schema": {"type": "number"}},
-                {"name": "X-MGeo-Version", "in": "header", "schema": {"enum": ["canary"]}},
+                {"name": "X-MGeo-Version", "in": "header", "schema": {"type": "string"},
+                 "description": "canary: serve this call from the preview color; any other value is ignored"},
                 {"name": "X-Request-ID", "in": "header", "schema": {"type": "string"}},
             ],
             "requestBody": {"required": True, "content": {"application/json": {"schema": refs[req]}}},

@@ -203,6 +203,8 @@ class Upstream:
             answer = await self.client.request("POST", node.url, path, payload, headers,
                                                min(self.config.attempt_timeout_ms / 1000, remaining))
         except (Http1Error, TimeoutError, OSError) as exc:
+            if isinstance(exc, TimeoutError) and self._caller_out_of_time(deadline):
+                raise DeadlineExceeded(f"the call's deadline passed while {region} was computing") from exc
             series.record((time.perf_counter() - started) * 1000, ok=False)
             self._failed(node, type(exc).__name__)
             return None, type(exc).__name__
@@ -225,11 +227,19 @@ class Upstream:
         if status == 429:
             self.metrics.attempt_count(region, "overloaded").inc()
             return None, "429"
+        if status == 504 and self._caller_out_of_time(deadline):  # the node kept the deadline we passed on
+            raise DeadlineExceeded(f"the call's deadline passed while {region} was computing")
         if status >= 500:
             self._failed(node, f"status {status}")
             return None, f"status {status}"
         self.metrics.attempt_count(region, "rejected").inc()
         raise NodeRejected(status, body)
+
+    @staticmethod
+    def _caller_out_of_time(deadline: float) -> bool:
+        """A timeout the caller's own deadline caused says nothing about the node: it must
+        not count as the node's failure (eject it) nor be retried elsewhere."""
+        return asyncio.get_running_loop().time() >= deadline - 0.001
 
     def _failed(self, node: NodeState, reason: str) -> None:
         self.metrics.attempt_count(node.spec.region, "failed").inc()

@@ -115,6 +115,8 @@ def decode(body: bytes, kind: type[T]) -> T:
         raise InvalidRequest(str(exc)) from exc
     except msgspec.DecodeError as exc:
         raise InvalidJSON(f"request body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:  # an unknown field nested ~1,000 deep, skipped by msgspec recursively
+        raise InvalidJSON("request body is nested too deeply") from exc
     except UnicodeDecodeError as exc:  # msgspec raises it for bad bytes inside a string
         raise InvalidJSON(f"request body is not valid UTF-8: {exc.reason} at byte {exc.start}") from exc
 

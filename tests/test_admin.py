@@ -444,3 +444,18 @@ async def test_admin_api_on_its_own_port_and_tls_only(world: World, http: aiohtt
     finally:
         gw.stop()
         plain.stop()
+
+
+def test_a_token_that_is_not_utf8_is_a_401(world: World) -> None:
+    """Found by fuzzing: it used to raise inside the token check (a 500)."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", int(world.a.url.rsplit(":", 1)[1]), timeout=10)
+    try:
+        conn.putrequest("GET", "/admin/v1/whoami")
+        conn.putheader("Authorization", b"Bearer \xff\xfe")
+        conn.endheaders()
+        resp = conn.getresponse()
+        assert resp.status == 401 and json.loads(resp.read())["error"]["code"] == "unauthorized"
+    finally:
+        conn.close()

@@ -451,3 +451,25 @@ async def test_a_node_registered_from_outside_the_networks_is_ignored(world: Wor
     finally:
         await beats.remove(forged)
         await store.close()
+
+
+async def test_a_tiny_client_deadline_is_a_504_and_never_ejects_the_node(world: World,
+                                                                          http: aiohttp.ClientSession) -> None:
+    """Found by fuzzing: a caller's X-Deadline-Ms of 1 used to count as the node's failure,
+    and three in a row ejected it, taking the region down for everyone."""
+    for i in range(6):
+        status, body, _ = await post(http, world.gateway.url, "/v1/similarity", {"pairs": pairs(f"deadline-{i}")}, GB,
+                                     X_Deadline_Ms="1")
+        assert status in (200, 504), body  # 200 only if a node was that fast
+        if status == 504:
+            assert body["error"]["code"] == "deadline_exceeded"  # type: ignore[index]
+    status, _, headers = await post(http, world.gateway.url, "/v1/similarity", {"pairs": pairs("after-deadlines")}, GB)
+    assert status == 200 and headers["X-Region"] == "eu-central" and "reason=home" in headers["X-Route"]
+
+
+async def test_a_body_nested_too_deeply_is_a_400(world: World, http: aiohttp.ClientSession) -> None:
+    body = b'{"x": ' + b"[" * 1000 + b"]" * 1000 + b', "pairs": [["a", "b"]]}'
+    for url in (world.gateway.url, world.nodes["eu"].url):
+        async with http.post(url + "/v1/similarity", data=body, headers={"Content-Type": "application/json"}) as resp:
+            assert resp.status == 400, await resp.text()
+            assert (await resp.json())["error"]["code"] == "invalid_json"
