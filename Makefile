@@ -33,5 +33,8 @@ bench: $(VENV)/.installed
 chaos: $(VENV)/.installed
 	$(PY) tests/chaos/run.py
 
+fuzz: $(VENV)/.installed
+	GEOGATE_FUZZ_EXAMPLES=10000 $(PY) -m pytest -q tests/test_fuzz.py
+
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache
