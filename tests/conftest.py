@@ -63,7 +63,8 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         yield MemoryStore()
         return
     server = RedisServer(tmp_path)
-    redis_store = RedisStore(server.url)
+    # 2 s, not the 0.5 s fail-fast default: 20 connects at once on a loaded 2-core machine can take longer
+    redis_store = RedisStore(server.url, timeout_s=2.0)
     try:
         yield redis_store
     finally:

@@ -360,7 +360,11 @@ def client_body(draw: st.DrawFn, path: str) -> Body:
 # -- headers ------------------------------------------------------------------------------------
 
 TOKEN_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+.^_`|~-"
-header_name = st.text(alphabet=TOKEN_CHARS, min_size=1, max_size=24)
+# Names whose random values would frame the message differently (a second body length, a
+# tunnel) or hit BUG-6: common_headers sends them only with values chosen for them.
+RESERVED_NAMES = {"content-length", "transfer-encoding", "host", "expect", "upgrade", "connection", "authorization"}
+header_name = st.text(alphabet=TOKEN_CHARS, min_size=1, max_size=24).map(
+    lambda name: "X-" + name if name.lower() in RESERVED_NAMES else name)
 # Bytes a header value may hold (RFC 9110: VCHAR, SP, HTAB, obs-text): the app sees them.
 legal_value_byte = st.one_of(st.integers(0x20, 0x7E), st.just(0x09), st.integers(0x80, 0xFF))
 legal_value = st.lists(legal_value_byte, max_size=40).map(bytes)
