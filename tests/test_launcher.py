@@ -17,7 +17,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from helpers import REPO, STARTUP_S, wait_until
+from helpers import REPO, STARTUP_S, free_port, wait_until
 
 from node.demo import DEMO_MODELS
 from node.identity import METADATA_FILE
@@ -89,8 +89,14 @@ def test_bad_plans_are_refused_before_anything_starts() -> None:
         base = held.getsockname()[1]
         with pytest.raises(ConfigError, match=str(base)):
             build_plan(DEFAULT_TOPOLOGY, regions=["us-east"], port_base=base)
-    plan = build_plan(DEFAULT_TOPOLOGY, regions=["us-east"], port_base=base + 1)
-    assert plan.gateways[0].port == base + 1 and plan.nodes[0].port == base + 1 + NODE_PORT_OFFSET
+    for _ in range(50):  # an explicit base whose ports all happen to be free right now
+        base = free_port()
+        try:
+            plan = build_plan(DEFAULT_TOPOLOGY, regions=["us-east"], port_base=base)
+            break
+        except ConfigError:
+            continue
+    assert plan.gateways[0].port == base and plan.nodes[0].port == base + NODE_PORT_OFFSET
 
 
 def test_store_choice() -> None:
