@@ -42,9 +42,15 @@ class _TextFormatter(logging.Formatter):
         super().__init__(f"%(asctime)s %(levelname)s %(name)s [{tag}] %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        extra = " ".join(f"{k}={v}" for k, v in vars(record).items() if k not in _STANDARD and v is not None)
+        # one record, one line: a newline a client smuggled in (a path with %0a) cannot forge another
+        extra = " ".join(f"{k}={_one_line(v)}" for k, v in vars(record).items() if k not in _STANDARD and v is not None)
+        record = logging.makeLogRecord({**vars(record), "msg": _one_line(record.getMessage()), "args": None})
         line = super().format(record)
         return f"{line} {extra}" if extra else line
+
+
+def _one_line(value: object) -> str:
+    return str(value).replace("\r", "\\r").replace("\n", "\\n")
 
 
 def setup_logging(level: str = "info", *, json_lines: bool = True, stream: TextIO | None = None,
