@@ -24,14 +24,11 @@ phase's p50 against the p50 before the kill.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib.util
 import json
 import math
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +36,10 @@ HERE = Path(__file__).resolve().parent
 TESTS = HERE.parent
 sys.path[:0] = [str(TESTS), str(TESTS.parent)]
 
-import aiohttp
 from admin_world import EU, US, two_region_world
 
 HOME, OTHER = "eu-central", "us-east"
 SCENARIO = "region-killed"
-LOAD = TESTS / "chaos" / "load.py"
 PNG = HERE / "failover-latency.png"
 COLORS = {HOME: "#1f77b4", OTHER: "#ff7f0e"}
 
@@ -61,19 +56,6 @@ def _chaos_scenario() -> tuple[Any, Any]:
     return module, scenario
 
 
-def _served_at_home(url: str) -> bool:
-    async def call() -> bool:
-        body = {"pairs": [["上海市南京东路1号", f"上海南京东路1号{time.monotonic()}"]]}
-        try:
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s, s.post(
-                    url + "/v1/similarity", json=body, headers={"X-Forwarded-For": EU}) as r:
-                return r.status == 200 and r.headers.get("X-Region") == HOME
-        except (aiohttp.ClientError, TimeoutError):
-            return False
-
-    return asyncio.run(call())
-
-
 def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -86,46 +68,16 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, float
     chaos, scenario = _chaos_scenario()
     with tempfile.TemporaryDirectory() as tmp, two_region_world(Path(tmp), attempt_timeout_ms=1000,
                                                                   watch_window_s=0) as world:
-        deadline = time.monotonic() + 60
-        while not _served_at_home(world.a.url):
-            if time.monotonic() > deadline:
-                raise RuntimeError("eu-central never served its clients")
-            time.sleep(0.1)
-        out, stop = world.tmp / "load.jsonl", world.tmp / "stop"
-        total = args.pre_s + args.fault_s + args.post_s
-        load = subprocess.Popen([sys.executable, str(LOAD), "--gateway", world.a.url, "--gateway", world.b.url,
-                                 "--client", EU, "--client", US, "--seconds", str(total + 300),
-                                 "--stop-file", str(stop), "--out", str(out)])
-        result = chaos.Result(scenario.name, scenario.description)
-        marks: dict[str, float] = {}
-        try:
-            marks["start"] = time.monotonic()
-            time.sleep(args.pre_s)  # the experiment's pacing, not a wait for a condition
-            marks["kill"] = time.monotonic()
-            scenario.inject(world, result)
-            time.sleep(args.fault_s)
-            marks["restart"] = time.monotonic()
-            scenario.heal(world, result)  # returns once the restarted nodes answer /health/ready
-            marks["ready"] = time.monotonic()
-            time.sleep(args.post_s)
-            marks["stop"] = time.monotonic()
-            stop.touch()
-            if load.wait(60) != 0:
-                raise RuntimeError(f"the load process exited with {load.returncode}")
-        finally:
-            if load.poll() is None:
-                load.kill()
-                load.wait()
-        calls = [json.loads(line) for line in out.read_text().splitlines() if line]
-        return calls, marks, result.notes
+        run = chaos.drive(world, scenario, args.pre_s, args.fault_s, args.post_s)
+    return run.calls, run.marks, run.result.notes
 
 
 def summarize(calls: list[dict[str, Any]], marks: dict[str, float]) -> dict[str, Any]:
     home = [c for c in calls if c["client"] == EU]
     ok_home = [c for c in home if c["status"] == 200]
-    moved = [c["done"] for c in ok_home if c["sent"] >= marks["kill"] and c["region"] != HOME]
-    back = [c["done"] for c in ok_home if c["sent"] >= marks["restart"] and c["region"] == HOME]
-    bounds = {"before": ("start", "kill"), "fault": ("kill", "restart"), "restarting": ("restart", "ready"),
+    moved = [c["done"] for c in ok_home if c["sent"] >= marks["fault"] and c["region"] != HOME]
+    back = [c["done"] for c in ok_home if c["sent"] >= marks["heal"] and c["region"] == HOME]
+    bounds = {"before": ("start", "fault"), "fault": ("fault", "heal"), "restarting": ("heal", "ready"),
               "after": ("ready", "stop")}
     phases: dict[str, dict[str, Any]] = {}
     for name, (lo, hi) in bounds.items():
@@ -144,9 +96,9 @@ def summarize(calls: list[dict[str, Any]], marks: dict[str, float]) -> dict[str,
         "requests": len(calls),
         "failed": sum(1 for c in calls if c["status"] != 200),
         "eu_client_calls": len(home),
-        "reroute_ms": (min(moved) - marks["kill"]) * 1000 if moved else None,
-        "recover_ms": (min(back) - marks["restart"]) * 1000 if back else None,
-        "restart_ready_s": marks["ready"] - marks["restart"],
+        "reroute_ms": (min(moved) - marks["fault"]) * 1000 if moved else None,
+        "recover_ms": (min(back) - marks["heal"]) * 1000 if back else None,
+        "restart_ready_s": marks["ready"] - marks["heal"],
         "phases": phases,
     }
 
@@ -157,7 +109,7 @@ def plot(calls: list[dict[str, Any]], marks: dict[str, float], png: Path, title:
     matplotlib.use("Agg")  # files only: no display on a benchmark machine
     import matplotlib.pyplot as plt
 
-    t0 = marks["kill"]
+    t0 = marks["fault"]
     fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(11, 6.5), height_ratios=[3, 1.2],
                                       constrained_layout=True)
     us_ok = [c for c in calls if c["client"] == US and c["status"] == 200]
@@ -198,10 +150,10 @@ def plot(calls: list[dict[str, Any]], marks: dict[str, float], png: Path, title:
 
     for ax in (top, bottom):
         ax.axvline(0, color="red", linestyle="--", linewidth=1.2)
-        ax.axvline(marks["restart"] - t0, color="green", linestyle="--", linewidth=1.2)
+        ax.axvline(marks["heal"] - t0, color="green", linestyle="--", linewidth=1.2)
         ax.axvline(marks["ready"] - t0, color="green", linestyle="-", linewidth=1.2)
     ymax = top.get_ylim()[1]
-    for x, text in ((0, "kill"), (marks["restart"] - t0, "restart"), (marks["ready"] - t0, "nodes ready")):
+    for x, text in ((0, "kill"), (marks["heal"] - t0, "restart"), (marks["ready"] - t0, "nodes ready")):
         top.annotate(text, (x, ymax), xytext=(3, -12), textcoords="offset points", fontsize=9)
     # above the axes: inside, it would hide the calls it describes; the bars share its colours
     top.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=4, fontsize=8, markerscale=2, frameon=False)

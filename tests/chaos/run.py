@@ -229,30 +229,51 @@ SENTINEL_SCENARIOS = [
 ]
 
 
-def run_scenario(world: World, scenario: Scenario, pre_s: float, fault_s: float, post_s: float) -> Result:
+@dataclass
+class Drive:
+    """One scenario driven under load: what the clients saw and when each phase began."""
+
+    calls: list[dict[str, object]]
+    marks: dict[str, float]  # monotonic seconds: start, fault, heal, ready (healed), stop
+    result: Result
+
+
+def drive(world: World, scenario: Scenario, pre_s: float, fault_s: float, post_s: float) -> Drive:
+    """Steady load, ``pre_s`` later the fault, ``fault_s`` later the heal, ``post_s`` more."""
     result = Result(scenario.name, scenario.description)
     # each scenario starts from a healthy deployment: the last one's ejections have run out
     _wait(lambda: _served_at_home(world), 60, "eu-central to serve its clients again")
     out, stop = world.tmp / f"load-{scenario.name}.jsonl", world.tmp / f"stop-{scenario.name}"
     targets = [arg for url in scenario.gateways(world) for arg in ("--gateway", url)]
-    load = subprocess.Popen([sys.executable, str(HERE / "load.py"), *targets, "--client", EU, "--client", US, "--seconds", str(pre_s + fault_s + post_s + 300),
-                             "--stop-file", str(stop), "--out", str(out)])
+    load = subprocess.Popen([sys.executable, str(HERE / "load.py"), *targets, "--client", EU, "--client", US,
+                             "--seconds", str(pre_s + fault_s + post_s + 300), "--stop-file", str(stop),
+                             "--out", str(out)])
+    marks = {"start": time.monotonic()}
     try:
         # the experiment's own pacing (how long each phase lasts), not a wait for a condition
         time.sleep(pre_s)
-        t_fault = time.monotonic()
+        marks["fault"] = time.monotonic()
         scenario.inject(world, result)
         time.sleep(fault_s)
-        t_heal = time.monotonic()
+        marks["heal"] = time.monotonic()
         scenario.heal(world, result)  # returns once what it restarted is ready again
+        marks["ready"] = time.monotonic()
         time.sleep(post_s)
+        marks["stop"] = time.monotonic()
         stop.touch()
         if load.wait(60) != 0:
             raise RuntimeError(f"the load process exited with {load.returncode}")
     finally:
         if load.poll() is None:
             load.kill()
+            load.wait()
     calls = [json.loads(line) for line in out.read_text().splitlines() if line]
+    return Drive(calls, marks, result)
+
+
+def run_scenario(world: World, scenario: Scenario, pre_s: float, fault_s: float, post_s: float) -> Result:
+    run = drive(world, scenario, pre_s, fault_s, post_s)
+    calls, result, t_fault, t_heal = run.calls, run.result, run.marks["fault"], run.marks["heal"]
     active = world.versions["blue"][0]
     result.requests = len(calls)
     result.failed += sum(1 for c in calls if c["status"] != 200)
