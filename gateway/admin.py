@@ -128,7 +128,7 @@ async def _status(gw: Gateway, admin: Admin) -> dict[str, Any]:
     now = time.monotonic()
     regions: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for node in sorted(gw.balancer.health.nodes.values(), key=lambda n: (n.spec.region, n.spec.color, n.url)):
-        recent = gw.stats.snapshot(f"node:{node.url}", 60)
+        recent = node.recent.snapshot(60)
         regions.setdefault(node.spec.region, {}).setdefault(node.spec.color, []).append({
             "url": node.url, "healthy": node.available(now), "model_version": node.model_version,
             "checksum": node.checksum, "queue_depth": node.queue_depth, "outstanding": node.outstanding,

@@ -17,12 +17,13 @@ import logging
 import random
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 import msgspec
 
 from gateway.metrics import GatewayMetrics
+from gateway.stats import RecentStats
 from gateway.topology import NodeSpec
 from shared.config import GatewayConfig
 
@@ -62,6 +63,7 @@ class NodeState:
     probe_ms: float = 0.0
     last_error: str = ""
     deep_ok: bool = True
+    recent: RecentStats = field(default_factory=RecentStats)  # its attempts: the admin status's error rate, p99
 
     @property
     def url(self) -> str:

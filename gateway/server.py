@@ -79,7 +79,7 @@ async def serve(config: GatewayConfig, topology: Topology, *, stores: Stores | N
     stats = StatsBook()
     gateway = Gateway(
         config=config, geo=geo, watcher=watcher, balancer=balancer,
-        upstream=Upstream(config, upstream_client, health, balancer, metrics, stats), metrics=metrics,
+        upstream=Upstream(config, upstream_client, health, balancer, metrics), metrics=metrics,
         similarity_cache=ResultCache.for_similarity(stores.cache, **options) if caching else None,
         parse_cache=ResultCache.for_parse(stores.cache, **options) if caching else None,
         stats=stats,
@@ -139,7 +139,7 @@ def _gateway_heartbeat(config: GatewayConfig, stores: Stores, watcher: RegistryW
     started = datetime.now(UTC).isoformat(timespec="seconds")
 
     def beat() -> GatewayHeartbeat:
-        recent = {name: stats.snapshot(name, 10) for name in sorted(stats.series) if not name.startswith("node:")}
+        recent = {name: stats.snapshot(name, 10) for name in sorted(stats.series)}
         return GatewayHeartbeat(config.region, url, os.getpid(), started, watcher.snapshot.epoch,
                                 msgspec.to_builtins(recent))
 

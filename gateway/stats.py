@@ -94,8 +94,9 @@ def _percentile(histogram: list[int], count: int, q: float) -> float:
 
 
 class StatsBook:
-    """Named series, created on first use: ``node:<url>``, ``color:<color>``,
-    ``region:<served region>`` and ``all`` (every scoring call this process answered)."""
+    """Named series of client calls, created on first use: ``all`` (every scoring call this
+    process answered), ``color:<color>``, ``region:<served region>``, ``home:<client region>``.
+    Each node keeps its own attempts (``NodeState.recent``)."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock

@@ -24,7 +24,6 @@ from gateway.balancer import Balancer, Plan
 from gateway.health import HealthChecker, NodeState
 from gateway.http1 import Http1Error, Http1Pool
 from gateway.metrics import GatewayMetrics
-from gateway.stats import StatsBook
 from shared.config import GatewayConfig
 from shared.errors import DeadlineExceeded, GeogateError, Unavailable
 
@@ -84,9 +83,8 @@ class RetryBudget:
 
 class Upstream:
     def __init__(self, config: GatewayConfig, client: Http1Pool, health: HealthChecker,
-                 balancer: Balancer, metrics: GatewayMetrics, stats: StatsBook | None = None) -> None:
+                 balancer: Balancer, metrics: GatewayMetrics) -> None:
         self.config = config
-        self.stats = stats or StatsBook()  # per node: the admin status's error rate and p99
         self.client = client
         self.health = health
         self.balancer = balancer
@@ -198,7 +196,7 @@ class Upstream:
         region = node.spec.region
         node.outstanding += 1
         started = time.perf_counter()
-        series = self.stats(f"node:{node.url}")
+        series = node.recent
         try:
             answer = await self.client.request("POST", node.url, path, payload, headers,
                                                min(self.config.attempt_timeout_ms / 1000, remaining))
