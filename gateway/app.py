@@ -117,14 +117,12 @@ async def metrics(request: web.Request) -> web.Response:
     age = gw.watcher.age_s
     gw.metrics.registry_age.set(age if age != float("inf") else -1)
     snapshot = gw.watcher.snapshot
-    skew: dict[tuple[str, str], int] = dict.fromkeys(gw.metrics.skew_series, 0)  # gone pairs read 0
+    skew: dict[tuple[str, ...], int] = {}
     for node in gw.balancer.health.nodes.values():
         info = snapshot.colors.get(node.spec.color)
         key = (node.spec.region, node.spec.color)
         skew[key] = skew.get(key, 0) + bool(info and node.model_version and node.model_version != info.model_version)
-    gw.metrics.skew_series |= skew.keys()
-    for (region, color), count in skew.items():
-        gw.metrics.version_skew.labels(region, color).set(count)
+    gw.metrics.version_skew.publish(skew)
     return web.Response(body=generate_latest(gw.metrics.registry),
                         headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 

@@ -83,7 +83,6 @@ class HealthChecker:
         self.metrics = metrics
         self.nodes: dict[str, NodeState] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._published: set[tuple[str, str]] = set()  # (region, color) pairs with a healthy-nodes series
 
     def sync(self, specs: Iterable[NodeSpec]) -> None:
         """Probe exactly these nodes from now on (configuration plus live heartbeats)."""
@@ -194,13 +193,8 @@ class HealthChecker:
 
     def _publish(self) -> None:
         now = time.monotonic()
-        counts: dict[tuple[str, str], int] = {}
+        counts: dict[tuple[str, ...], int] = {}
         for n in self.nodes.values():
             key = (n.spec.region, n.spec.color)
             counts[key] = counts.get(key, 0) + (1 if n.available(now) else 0)
-        # a pair whose nodes all left keeps its series at 0, so "no healthy node" alerts fire
-        for key in self._published - counts.keys():
-            counts[key] = 0
-        self._published |= counts.keys()
-        for (region, color), count in counts.items():
-            self.metrics.healthy_nodes.labels(region, color).set(count)
+        self.metrics.healthy_nodes.publish(counts)

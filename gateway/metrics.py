@@ -7,7 +7,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["GatewayMetrics", "children"]
+__all__ = ["CountGauge", "GatewayMetrics", "children"]
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -24,6 +24,21 @@ def children(metric: Any) -> Callable[..., Any]:
         return found
 
     return child
+
+
+class CountGauge:
+    """A labelled gauge set from a whole count at once. A label set missing from the latest
+    count reads 0 rather than keeping its last value (nodes that all left must show as 0
+    healthy, so that the alerts on it fire)."""
+
+    def __init__(self, gauge: Gauge) -> None:
+        self.gauge = gauge
+        self._seen: set[tuple[str, ...]] = set()
+
+    def publish(self, counts: dict[tuple[str, ...], int]) -> None:
+        self._seen |= counts.keys()
+        for labels in self._seen:
+            self.gauge.labels(*labels).set(counts.get(labels, 0))
 
 
 class GatewayMetrics:
@@ -48,17 +63,16 @@ class GatewayMetrics:
         self.registry_epoch = Gauge("geogate_gateway_registry_epoch", "epoch of the registry snapshot", registry=r)
         self.registry_age = Gauge("geogate_gateway_registry_snapshot_age_seconds",
                                   "seconds since the store last confirmed the snapshot", registry=r)
-        self.healthy_nodes = Gauge("geogate_gateway_healthy_nodes", "nodes taking calls", ["region", "color"],
-                                   registry=r)
+        self.healthy_nodes = CountGauge(Gauge("geogate_gateway_healthy_nodes", "nodes taking calls",
+                                              ["region", "color"], registry=r))
         self.probe_latency = Histogram("geogate_gateway_probe_duration_seconds", "active health probe latency",
                                        ["region"], buckets=_LATENCY_BUCKETS, registry=r)
         self.version_mismatch = Counter("geogate_gateway_version_mismatch",
                                         "answers rejected because X-Model-Version differed (fencing)", ["region"],
                                         registry=r)
-        self.version_skew = Gauge("geogate_gateway_version_skew_nodes",
-                                  "nodes serving another version than the registry names for their color",
-                                  ["region", "color"], registry=r)
-        self.skew_series: set[tuple[str, str]] = set()
+        self.version_skew = CountGauge(Gauge("geogate_gateway_version_skew_nodes",
+                                             "nodes serving another version than the registry names for their color",
+                                             ["region", "color"], registry=r))
         self.request_count = children(self.requests)
         self.request_latency = children(self.latency)
         self.cache_items = children(self.cache)
