@@ -82,19 +82,13 @@ class Admin:
     watch: SwitchWatch
     drills: Drills
     publish_now: Callable[[], None]  # this gateway's heartbeat, at once (after it applied an epoch)
-    _switching: asyncio.Lock | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one switch at a time per gateway
     subscribers: set[asyncio.Event] = field(default_factory=set)  # event streams, woken by registry changes
     closing: asyncio.Event = field(default_factory=asyncio.Event)  # set on shutdown: streams end
 
     def changed(self) -> None:
         for event in self.subscribers:
             event.set()
-
-    @property
-    def lock(self) -> asyncio.Lock:
-        if self._switching is None:
-            self._switching = asyncio.Lock()
-        return self._switching
 
 
 ADMIN = web.AppKey("admin", Admin)
