@@ -388,13 +388,19 @@ def write_report(outcomes: list[Outcome], quick: bool, total_s: float, info: dic
         shown = [os.path.relpath(a, REPO) if a.startswith("/") else a for a in o.args]
         return ["", f"<sub>Run as `{o.bench.script} {' '.join(shown)}`, {o.seconds:.0f} s.</sub>"]
 
-    body = missing("batching")
-    if body is None:
-        d = by_key["batching"].data
-        assert d is not None
-        body = section_batching(d) + settings_line("batching")
-        headline.append(f"| node, batched pairs/s | the same node unbatched | {_ratio(d['ratio'])} |")
-    sections.append(("1. Node: dynamic batching vs unbatched", body))
+    def add(key: str, title: str, render: Callable[[dict[str, Any]], tuple[list[str], list[str]]]) -> None:
+        """A section from one benchmark's data (its body and its summary rows), or why it was skipped."""
+        body = missing(key)
+        if body is None:
+            data = by_key[key].data
+            assert data is not None
+            body, rows = render(data)
+            body += settings_line(key)
+            headline.extend(rows)
+        sections.append((title, body))
+
+    add("batching", "1. Node: dynamic batching vs unbatched", lambda d: (
+        section_batching(d), [f"| node, batched pairs/s | the same node unbatched | {_ratio(d['ratio'])} |"]))
 
     gw_body = missing("gateway")
     fo_body = gw_body
@@ -410,23 +416,8 @@ def write_report(outcomes: list[Outcome], quick: bool, total_s: float, info: dic
     sections.append(("2. Gateway overhead: geogate vs nginx vs direct", gw_body))
     sections.append(("3. Failover: home node SIGKILLed, geogate vs nginx passive checks", fo_body))
 
-    body = missing("store")
-    if body is None:
-        d = by_key["store"].data
-        assert d is not None
-        body, h = section_store(d)
-        body += settings_line("store")
-        headline += h
-    sections.append(("4. Registry propagation and cache lookups", body))
-
-    body = missing("failover")
-    if body is None:
-        d = by_key["failover"].data
-        assert d is not None
-        body, h = section_failover(d, PNG)
-        body += settings_line("failover")
-        headline += h
-    sections.append(("5. Latency through a region failure", body))
+    add("store", "4. Registry propagation and cache lookups", section_store)
+    add("failover", "5. Latency through a region failure", lambda d: section_failover(d, PNG))
 
     lines += ["## Summary", "", "Each ratio is against a baseline measured in the same run; details below.", "",
               "| result | baseline | ratio |", "| --- | --- | --- |", *headline]
