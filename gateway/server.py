@@ -38,6 +38,7 @@ from gateway.watch import SwitchWatch
 from shared.config import GatewayConfig
 from shared.errors import StoreUnavailable
 from shared.heartbeats import GatewayHeartbeat, HeartbeatPublisher, Heartbeats, NodeHeartbeat, merge_topology
+from shared.http import AppRunner
 from shared.registry import Registry, RegistryWatcher
 from shared.store import Stores, open_stores
 
@@ -92,10 +93,10 @@ async def serve(config: GatewayConfig, topology: Topology, *, stores: Stores | N
     own_url = f"{scheme}://{config.host}:{config.port}"
     publisher = _gateway_heartbeat(config, stores, watcher, stats, own_url)
     admin = _admin(config, gateway, stores, session, heartbeats, publisher)
-    runners = [web.AppRunner(create_app(gateway, admin if not config.admin_port else None), access_log=None,
+    runners = [AppRunner(create_app(gateway, admin if not config.admin_port else None), access_log=None,
                              handle_signals=False, shutdown_timeout=config.drain_timeout_s)]
     if config.admin_port:  # the admin API on a port of its own (a network policy can then fence it off)
-        runners.append(web.AppRunner(create_app(gateway, admin, scoring=False), access_log=None,
+        runners.append(AppRunner(create_app(gateway, admin, scoring=False), access_log=None,
                                      handle_signals=False, shutdown_timeout=config.drain_timeout_s))
     for runner, port in zip(runners, (config.port, config.admin_port)):
         await runner.setup()

@@ -21,6 +21,7 @@ from node.metrics import NodeMetrics
 from node.service import NodeService
 from shared.config import NodeConfig
 from shared.heartbeats import HeartbeatPublisher, Heartbeats, NodeHeartbeat
+from shared.http import AppRunner
 from shared.store import open_store
 
 __all__ = ["EXIT_BAD_MODEL", "EXIT_LOAD_FAILED", "serve"]
@@ -34,7 +35,7 @@ EXIT_BAD_MODEL = 3  # the weights are not the ones --expect-sha256 names: do not
 async def serve(config: NodeConfig) -> int:
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     service = NodeService(config, NodeMetrics())
-    runner = web.AppRunner(create_app(service), access_log=None, handle_signals=False, shutdown_timeout=5)
+    runner = AppRunner(create_app(service), access_log=None, handle_signals=False, shutdown_timeout=5)
     await runner.setup()
     server_ssl = None
     if config.tls_cert and config.tls_key:

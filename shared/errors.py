@@ -3,6 +3,7 @@
     GeogateError                    (status, code)   -> {"error": {"code", "message", "request_id"}}
     ├── InvalidJSON                 400 invalid_json        body is not JSON / not UTF-8
     ├── InvalidHeader               400 invalid_header      e.g. a malformed X-Deadline-Ms
+    ├── MalformedHTTP               400 malformed_http      the request breaks HTTP/1.1 itself
     ├── InvalidRequest              422 invalid_request     JSON of the wrong shape or values
     │   ├── BatchTooLarge           422 batch_too_large     more items than max_batch
     │   └── InputTooLong            422 input_too_long      an address over max_chars
@@ -10,6 +11,7 @@
     ├── MethodNotAllowed            405 method_not_allowed
     ├── Conflict                    409 conflict            a registry write lost its compare-and-set
     ├── PayloadTooLarge             413 payload_too_large   body over the size limit
+    ├── ExpectationFailed           417 expectation_failed  an Expect other than 100-continue
     ├── Overloaded                  429 overloaded          queue full; carries Retry-After
     ├── Unavailable                 503 unavailable         not ready, draining, task not served
     │   └── StoreUnavailable        503 store_unavailable   Redis (registry or cache) unreachable
@@ -30,12 +32,14 @@ __all__ = [
     "DeadlineExceeded",
     "ErrorBody",
     "ErrorDetail",
+    "ExpectationFailed",
     "Forbidden",
     "GeogateError",
     "InputTooLong",
     "InvalidHeader",
     "InvalidJSON",
     "InvalidRequest",
+    "MalformedHTTP",
     "MethodNotAllowed",
     "ModelError",
     "NotFound",
@@ -82,6 +86,14 @@ class InvalidJSON(GeogateError):
 class InvalidHeader(GeogateError):
     status = 400
     code = "invalid_header"
+
+
+class MalformedHTTP(GeogateError):
+    """aiohttp's parser refused the request (a control character in a header, a header
+    line or section over its limits, an unknown method); the status is the parser's."""
+
+    status = 400
+    code = "malformed_http"
 
 
 class InvalidRequest(GeogateError):
@@ -144,6 +156,11 @@ class Conflict(GeogateError):
 class PayloadTooLarge(GeogateError):
     status = 413
     code = "payload_too_large"
+
+
+class ExpectationFailed(GeogateError):
+    status = 417
+    code = "expectation_failed"
 
 
 class Overloaded(GeogateError):

@@ -4,16 +4,21 @@ and the one place where errors become the JSON error shape."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import re
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 
 from shared.errors import (
+    ExpectationFailed,
     GeogateError,
     InvalidHeader,
+    MalformedHTTP,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
@@ -24,6 +29,7 @@ __all__ = [
     "JSON",
     "MAX_DEADLINE_MS",
     "REQUEST_ID",
+    "AppRunner",
     "deadline",
     "error_response",
     "from_http_exception",
@@ -115,3 +121,64 @@ def from_http_exception(exc: web.HTTPException) -> GeogateError:
     error.status = exc.status
     error.code = (exc.reason or "error").lower().replace(" ", "_")
     return error
+
+
+# -- below the app: what aiohttp answers before any route or middleware runs -------------
+
+protocol_log = logging.getLogger("geogate.http.protocol")
+_QUOTED = re.compile(r":? b['\"]")  # where aiohttp's message starts quoting the request's bytes
+
+
+class _Handler(RequestHandler):
+    """A request that breaks HTTP/1.1 itself (a control character in a header, a header
+    line over 8 KiB, more than 128 headers, an unknown method) never reaches the app:
+    aiohttp's parser answers it, as text/plain and with a traceback logged at ERROR. Such
+    requests are the client's mistake, so they get the JSON error shape and one line at
+    info; anything else (a 5xx) keeps aiohttp's handling."""
+
+    def handle_error(self, request: BaseRequest, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if not 400 <= status < 500 or request.writer.output_size > 0:
+            return super().handle_error(request, status, exc, message)
+        # The first line only: the rest of aiohttp's message quotes the offending bytes,
+        # which may be a credential.
+        reason = _QUOTED.split((message or str(exc) or "").split("\n", 1)[0], 1)[0].rstrip(": ")[:200]
+        if len(reason) < 4:  # aiohttp words some as the bad token alone ("*")
+            reason = "malformed request line"
+        protocol_log.info("refused a malformed request from %s: %d %s", request.remote, status, reason)
+        error = MalformedHTTP(f"the request is not valid HTTP/1.1: {reason}")
+        error.status = status
+        rid = os.urandom(16).hex()
+        response = error_response(error, rid)
+        response.headers["X-Request-ID"] = rid
+        response.force_close()  # the parser lost its place in the stream
+        return response
+
+
+class _Server(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _Handler(self, loop=self._loop, **self._kwargs)
+
+
+async def _refuse_unknown_expect(inner: Handler, request: web.Request) -> web.StreamResponse:
+    """aiohttp answers an Expect other than 100-continue with a text/plain 417 from the
+    route's expect handler, before any middleware; answer it in the JSON shape instead."""
+    expect = request.headers.get("Expect")
+    if expect is not None and expect.strip().lower() != "100-continue":
+        rid = request_id(request)
+        response = error_response(ExpectationFailed("only 'Expect: 100-continue' is supported"), rid)
+        response.headers["X-Request-ID"] = rid
+        return response
+    return await inner(request)
+
+
+class AppRunner(web.AppRunner):
+    """aiohttp's runner, with every answer given below the app in the JSON error shape."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        # aiohttp builds its Server inside Application._make_handler and offers no hook
+        # for the connection handler's class; only that class changes here.
+        server.__class__ = _Server
+        server.request_handler = functools.partial(_refuse_unknown_expect, server.request_handler)
+        return server

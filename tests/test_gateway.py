@@ -473,3 +473,54 @@ async def test_a_body_nested_too_deeply_is_a_400(world: World, http: aiohttp.Cli
         async with http.post(url + "/v1/similarity", data=body, headers={"Content-Type": "application/json"}) as resp:
             assert resp.status == 400, await resp.text()
             assert (await resp.json())["error"]["code"] == "invalid_json"
+
+
+async def _raw(url: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Sends bytes as they are (aiohttp's client would refuse to); returns status, headers, body."""
+    host, port = url.split("://", 1)[1].rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(request)
+        head, _, body = (await asyncio.wait_for(reader.read(), 10)).partition(b"\r\n\r\n")
+    finally:
+        writer.close()
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+async def test_broken_http_and_unknown_expect_get_the_json_error_shape(world: World) -> None:
+    """Found by fuzzing: aiohttp's parser answered these itself, text/plain, and logged a
+    traceback (with the offending header bytes) at ERROR."""
+    secret = b"Bearer s3cret-" + b"7" * 9000
+    broken = {
+        "control character": b"GET /v1/parse HTTP/1.1\r\nHost: a\r\nX-Request-ID: a\x00b\r\n\r\n",
+        "header line over 8 KiB": b"GET /healthz HTTP/1.1\r\nHost: a\r\nAuthorization: " + secret + b"\r\n\r\n",
+        "too many headers": b"GET /healthz HTTP/1.1\r\nHost: a\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(200))
+                            + b"\r\n",
+        "unknown method": b"FOO /v1/parse HTTP/1.1\r\nHost: a\r\n\r\n",
+        "asterisk form": b"POST * HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+    }
+    for url in (world.gateway.url, world.nodes["eu"].url):
+        for what, request in broken.items():
+            status, headers, body = await _raw(url, request)
+            assert status == 400 and headers["content-type"].startswith("application/json"), (what, status, body)
+            error = json.loads(body)["error"]
+            assert error["code"] == "malformed_http" and error["request_id"] == headers["x-request-id"], (what, error)
+            assert b"s3cret" not in body
+        for path in ("/v1/parse", "/no-such-route"):
+            status, headers, body = await _raw(url, b"POST " + path.encode() + b" HTTP/1.1\r\nHost: a\r\n"
+                                               b"Expect: close\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+            assert status == 417 and json.loads(body)["error"]["code"] == "expectation_failed", (path, body)
+            assert headers["x-request-id"]
+    # 100-continue still works, through the whole gateway: the interim answer, then the final one.
+    body = b'{"addresses": ["a"]}'
+    reader, writer = await asyncio.open_connection(*world.gateway.url.split("://", 1)[1].rsplit(":", 1))
+    writer.write(b"POST /v1/parse HTTP/1.1\r\nHost: a\r\nConnection: close\r\nExpect: 100-continue\r\n"
+                 b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"), answer[:300]
+    for process in (world.gateway, world.nodes["eu"]):
+        log = process.log()
+        assert "s3cret" not in log and "Error handling request" not in log, log[-3000:]
