@@ -25,6 +25,7 @@ from gateway.auth import Principal, TokenBook
 from gateway.drills import Drills
 from gateway.prechecks import GoldenSet, SwitchReport, precheck
 from gateway.proxy import GATEWAY, Gateway
+from gateway.roster import Roster
 from gateway.watch import SwitchWatch
 from shared.errors import Conflict, Forbidden, InvalidRequest, NotFound, PrecheckFailed, StoreUnavailable
 from shared.heartbeats import GatewayHeartbeat, Heartbeats, NodeHeartbeat
@@ -75,7 +76,7 @@ class DrillBody(msgspec.Struct, forbid_unknown_fields=True):
 @dataclass
 class Admin:
     tokens: TokenBook
-    gateways: Heartbeats[GatewayHeartbeat]
+    gateways: Roster  # the live gateways a change waits for
     nodes: Heartbeats[NodeHeartbeat]
     session: aiohttp.ClientSession  # for the golden set (the probes' session)
     golden: GoldenSet
@@ -131,7 +132,7 @@ async def _status(gw: Gateway, admin: Admin) -> dict[str, Any]:
             "ejected_s": round(max(0.0, node.ejected_until - now), 1),
         })
     try:
-        gateways: list[GatewayHeartbeat] | None = await admin.gateways.live()
+        gateways: list[GatewayHeartbeat] | None = (await admin.gateways.read())[0]
         store = "ok"
     except StoreUnavailable as exc:
         gateways, store = None, f"unreachable: {exc}"
@@ -237,17 +238,22 @@ async def _changed(gw: Gateway, admin: Admin, record: RegistryRecord) -> dict[st
     admin.publish_now()
     deadline = time.monotonic() + gw.config.switch_ack_timeout_s
     while True:
+        live: list[GatewayHeartbeat] | None
+        missing: list[GatewayHeartbeat] | None
         try:
-            live: list[GatewayHeartbeat] | None = await admin.gateways.live()
+            live, missing = await admin.gateways.read()
         except StoreUnavailable:
-            live = None  # the change is written; who has applied it cannot be read now
+            live = missing = None  # the change is written; who has applied it cannot be read now
         behind = [g for g in live or [] if g.epoch < record.epoch and g.state == "serving"]
-        if (live is not None and not behind) or time.monotonic() > deadline:
+        unregistered = [g for g in missing or [] if g.state == "serving"]
+        if (live is not None and not behind and not unregistered) or time.monotonic() > deadline:
             unknown = [] if live is not None else ["unknown: the store became unreachable before gateways confirmed"]
             return {"epoch": record.epoch, "gateways_applied": [f"{g.region} {g.url} pid {g.pid}" for g in live or []
                                                                  if g not in behind],
                     "gateways_not_confirmed": unknown + [f"{g.region} {g.url} pid {g.pid} (at epoch {g.epoch})"
-                                                         for g in behind]}
+                                                         for g in behind]
+                    + [f"{g.region} {g.url} pid {g.pid} (alive, but its heartbeat is not back in the store)"
+                       for g in unregistered]}
         await asyncio.sleep(0.02)
 
 

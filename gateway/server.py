@@ -31,6 +31,7 @@ from gateway.http1 import Http1Pool
 from gateway.metrics import GatewayMetrics
 from gateway.prechecks import load_golden
 from gateway.proxy import Gateway
+from gateway.roster import Roster
 from gateway.stats import StatsBook
 from gateway.topology import NodeSpec, Topology, refuse_node_url
 from gateway.upstream import Upstream
@@ -103,6 +104,7 @@ async def serve(config: GatewayConfig, topology: Topology, *, stores: Stores | N
         site = web.TCPSite(runner, config.host, port, ssl_context=server_ssl, backlog=2048, reuse_port=True)
         await site.start()
     publisher.start()
+    roster = asyncio.create_task(admin.gateways.keep_reading(NODE_REFRESH_S), name="gateway-roster")
     log.info("gateway for region %s listening on %s (admin %s; store %s, %d configured nodes)", config.region,
              own_url, f"port {config.admin_port}" if config.admin_port else "on the same port",
              stores.registry.name, len(topology.nodes))
@@ -120,9 +122,10 @@ async def serve(config: GatewayConfig, topology: Topology, *, stores: Stores | N
     admin.watch.stop()
     with contextlib.suppress(StoreUnavailable):
         await publisher.stop(deregister=True)
-    refresher.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await refresher
+    for task in (refresher, roster):
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     await health.close()
     await watcher.close()
     await session.close()
@@ -168,7 +171,7 @@ def _admin(config: GatewayConfig, gateway: Gateway, stores: Stores, session: aio
                     set_state=set_state, node_pids=node_pids)
     gateway.drills = drills
     admin = Admin(
-        tokens=TokenBook.load(config.admin_tokens_file), gateways=publisher.heartbeats, nodes=nodes,
+        tokens=TokenBook.load(config.admin_tokens_file), gateways=Roster(publisher.heartbeats), nodes=nodes,
         session=session, golden=load_golden(config.golden_file), watch=SwitchWatch(watcher, gateway.stats, config),
         drills=drills, publish_now=lambda: publisher.update(now=True),
     )

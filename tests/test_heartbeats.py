@@ -1,4 +1,4 @@
-"""Node heartbeats: registration with a TTL, expiry, deregistration on drain, topology."""
+"""Heartbeats: registration with a TTL, expiry, deregistration on drain, topology, the gateway roster."""
 
 from __future__ import annotations
 
@@ -7,10 +7,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
+import pytest
 import redis.asyncio as redis
 from helpers import NodeProcess, RedisServer, wait_until
 
-from shared.heartbeats import HeartbeatPublisher, Heartbeats, NodeHeartbeat, merge_topology
+from gateway.roster import Roster
+from shared.errors import StoreUnavailable
+from shared.heartbeats import GatewayHeartbeat, HeartbeatPublisher, Heartbeats, NodeHeartbeat, merge_topology
 from shared.store import MemoryStore, RedisStore
 
 
@@ -95,3 +98,45 @@ async def test_a_node_registers_refreshes_and_leaves(tmp_path: Path, redis_serve
     finally:
         await store.close()
 
+
+
+async def test_the_gateway_roster_outlives_a_redis_that_comes_back_empty(tmp_path: Path) -> None:
+    """After Redis restarts empty, a live gateway is missing from the store until its next
+    beat; a switch waiting for acknowledgements must still count it (found by the chaos
+    scenario redis-mid-switch: the rollback was answered while one gateway served the old
+    color for 3 s more)."""
+    server = RedisServer(tmp_path)
+    store = RedisStore(server.url)
+    now = [1000.0]
+    roster = Roster(Heartbeats.gateways(store, ttl_s=6.0), clock=lambda: now[0])
+    a, b = (GatewayHeartbeat("eu-central", f"http://127.0.0.1:{port}", port, "2026-11-24T02:00:00+00:00", 7)
+            for port in (8001, 8002))
+    try:
+        for gateway in (a, b):
+            await roster.heartbeats.beat(gateway)
+        assert await roster.read() == ([a, b], [])
+        server.kill()
+        with pytest.raises(StoreUnavailable):
+            await roster.read()
+        now[0] += 100  # an outage far longer than the TTL forgets no one
+        server.restart()  # empty
+        await wait_until(lambda: server.answers(), 30, "redis to answer again")
+
+        async def readable() -> bool:
+            try:
+                await roster.heartbeats.beat(b)  # b beats again; a has not yet
+                return True
+            except StoreUnavailable:
+                return False
+
+        await wait_until(readable, 30, "the store to take writes again")
+        assert await roster.read() == ([b], [a])
+        now[0] += 5.9
+        assert await roster.read() == ([b], [a])  # still within a TTL of reads without it
+        now[0] += 0.2
+        assert await roster.read() == ([b], [])  # absent for a whole TTL: stopped or dead
+        await roster.heartbeats.beat(a)
+        assert await roster.read() == ([a, b], [])
+    finally:
+        await store.close()
+        server.stop()

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import json
 import os
 import platform
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,6 +53,9 @@ class Result:
     recover_ms: float | None = None
     fault_p99_ms: float | None = None  # eu-central clients' calls sent during the fault
     notes: list[str] = field(default_factory=list)
+    # (monotonic time, the versions a call sent from then on may be answered with); before
+    # the first entry: the active (blue) version. A switch in flight allows both colors'.
+    versions: list[tuple[float, frozenset[str]]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -86,14 +91,25 @@ def _ready(url: str, path: str) -> bool:
     return asyncio.run(get())
 
 
-def _admin_write(world: World) -> int:
-    async def post() -> int:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s, s.post(
-                world.b.url + "/admin/v1/canary", json={"percent": 0, "reason": "chaos: is the store writable"},
-                headers=auth("operator")) as r:
-            return r.status
+def _admin(world: World, path: str, body: dict[str, object]) -> tuple[int, dict[str, object]]:
+    async def post() -> tuple[int, dict[str, object]]:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as s, s.post(
+                world.b.url + path, json=body, headers=auth("operator")) as r:
+            return r.status, await r.json()
 
     return asyncio.run(post())
+
+
+def _admin_write(world: World) -> int:
+    return _admin(world, "/admin/v1/canary", {"percent": 0, "reason": "chaos: is the store writable"})[0]
+
+
+def _readyz(url: str) -> dict[str, object]:
+    async def get() -> dict[str, object]:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s, s.get(url + "/readyz") as r:
+            return await r.json()  # type: ignore[no-any-return]
+
+    return asyncio.run(get())
 
 
 def _kill(nodes: list[object]) -> None:
@@ -135,6 +151,65 @@ def _redis_up(world: World, result: Result) -> None:
     seconds = _wait(lambda: _admin_write(world) == 200, 60, "admin writes to work again")
     result.notes.append(f"admin writes accepted {seconds:.1f} s after the restart (the registry healed from the "
                         "gateways' snapshots)")
+
+
+def _both(world: World) -> frozenset[str]:
+    return frozenset(world.versions[color][0] for color in ("blue", "green"))
+
+
+def _switch_and_kill_redis(world: World, result: Result) -> None:
+    """Switch to green and SIGKILL Redis the moment the switch's write is published (this
+    process listens on the change channel like the gateways do), so that it dies while the
+    switching gateway waits for every gateway to acknowledge the new epoch."""
+    import redis
+
+    changes = redis.Redis.from_url(world.redis.url).pubsub()
+    changes.subscribe("geogate:registry:changes")
+    changes.get_message(timeout=5)  # the subscription's confirmation
+    answer: dict[str, object] = {}
+
+    def switch() -> None:
+        answer["status"], answer["body"] = _admin(world, "/admin/v1/switch",
+                                                  {"to": "green", "reason": "chaos: Redis dies mid-switch"})
+        answer["at"] = time.monotonic()
+
+    result.versions.append((time.monotonic(), _both(world)))
+    thread = threading.Thread(target=switch)
+    thread.start()
+    published = changes.get_message(timeout=30)  # the pre-checks run first (golden set on green)
+    world.redis.kill()
+    changes.close()
+    thread.join(60)
+    result.notes.append("Redis killed " + ("as the new epoch was published" if published else
+                                           "after 30 s without the switch's write"))
+    status, body = answer.get("status"), answer.get("body") or {}
+    unconfirmed = body.get("gateways_not_confirmed") if isinstance(body, dict) else None
+    result.notes.append(f"the switch answered {status}" + (f", not confirmed by: {'; '.join(unconfirmed)}"
+                                                         if unconfirmed else " (every gateway confirmed)"))
+    if status == 200 and not unconfirmed:  # acknowledged: from then on, no call gets the old version
+        result.versions.append((float(answer["at"]), frozenset({world.versions["green"][0]})))  # type: ignore[arg-type]
+
+
+def _redis_back_and_converged(world: World, result: Result) -> None:
+    """Redis restarted empty; the gateways must agree on one color again without an
+    operator. Then switch back to blue (acknowledged) for the scenarios after this one."""
+    world.redis.restart()
+
+    def agreed() -> bool:
+        states = [_readyz(url) for url in (world.a.url, world.b.url)]
+        return _admin_write(world) == 200 and len({(s["epoch"], s["active_color"]) for s in states}) == 1
+
+    seconds = _wait(agreed, 60, "the gateways to agree on one registry record")
+    state = _readyz(world.a.url)
+    result.notes.append(f"both gateways at epoch {state['epoch']}, {state['active_color']} active, {seconds:.1f} s "
+                        "after the restart")
+    if state["active_color"] != "blue":
+        result.versions.append((time.monotonic(), _both(world)))
+        status, body = _admin(world, "/admin/v1/rollback", {"reason": "chaos: back to blue"})
+        if status != 200 or body.get("gateways_not_confirmed"):
+            result.failed += 1_000_000  # the deployment did not converge: fail the row loudly
+        result.versions.append((time.monotonic(), frozenset({world.versions["blue"][0]})))
+        result.notes.append(f"rolled back to blue: {status}" + ("" if status == 200 else f" {body}"))
 
 
 def _status_epoch(world: World) -> int:
@@ -205,6 +280,8 @@ SCENARIOS = [
              lambda w, r: w.cut_file(HOME).touch(), lambda w, r: w.cut_file(HOME).unlink()),
     Scenario("redis-restart", "Redis SIGKILLed during traffic (admin writes must answer 503), restarted empty",
              _redis_down, _redis_up),
+    Scenario("redis-mid-switch", "Redis SIGKILLed while a switch to green waits for the gateways' acknowledgements, "
+             "restarted empty", _switch_and_kill_redis, _redis_back_and_converged),
     Scenario("gateway-restart", "the eu-central gateway SIGKILLed under load (clients go to the other), restarted",
              lambda w, r: _kill([w.a]), _gateway_restart),
 ]
@@ -274,10 +351,19 @@ def drive(world: World, scenario: Scenario, pre_s: float, fault_s: float, post_s
 def run_scenario(world: World, scenario: Scenario, pre_s: float, fault_s: float, post_s: float) -> Result:
     run = drive(world, scenario, pre_s, fault_s, post_s)
     calls, result, t_fault, t_heal = run.calls, run.result, run.marks["fault"], run.marks["heal"]
-    active = world.versions["blue"][0]
+    allowed = [(0.0, frozenset({world.versions["blue"][0]})), *result.versions]
+    since = [t for t, _ in allowed]
+
+    def wrong(call: dict[str, object]) -> bool:
+        """Any version allowed at some moment between sending and the answer is right: a call
+        sent just before a switch may be answered by the new version."""
+        first = bisect.bisect_right(since, call["sent"]) - 1  # type: ignore[arg-type]
+        last = bisect.bisect_right(since, call["done"]) - 1  # type: ignore[arg-type]
+        return not any(call["version"] in versions for _, versions in allowed[first:last + 1])
+
     result.requests = len(calls)
     result.failed += sum(1 for c in calls if c["status"] != 200)
-    result.wrong_version = sum(1 for c in calls if c["status"] == 200 and c["version"] != active)
+    result.wrong_version = sum(1 for c in calls if c["status"] == 200 and wrong(c))
     home = [c for c in calls if c["client"] == EU and c["status"] == 200]
     moved = [c["done"] for c in home if c["sent"] >= t_fault and c["region"] != HOME]
     back = [c["done"] for c in home if c["sent"] >= t_heal and c["region"] == HOME]
@@ -306,7 +392,8 @@ def write_report(results: list[Result], timing: str) -> None:
          "from a separate process: 4 callers, clients of both regions, every call a cache miss. Faults hit "
          "eu-central. *Reroute*: fault -> first answer for an eu-central client from us-east. *Recover*: heal -> "
          "first answer from eu-central again. Targets: zero failed calls (a healthy alternative existed in every "
-         "scenario), zero wrong-version answers, recovery without an operator. A recover of *-* means eu-central "
+         "scenario), zero wrong-version answers (a call sent after a switch was acknowledged by every gateway "
+         "must get the new version; while one is in flight, either), recovery without an operator. A recover of *-* means eu-central "
          "did not serve again within the post-heal window: a node that kept failing calls is ejected with a "
          "doubling backoff (up to 30 s) and comes back when it runs out."), "",
         "| scenario | requests | failed | wrong version | reroute | recover | eu-central p99 during the fault | notes |",
