@@ -10,9 +10,11 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import generate_latest
 
+from gateway.access import Caller
 from gateway.admin import ADMIN, Admin, add_admin_routes
+from gateway.admin_clients import add_client_routes
 from gateway.openapi import OPENAPI
-from gateway.proxy import GATEWAY, Gateway, Route, add_routes
+from gateway.proxy import CALLER, GATEWAY, Gateway, Route, add_routes
 from shared.http import Handler, guarded, json_response, request_id
 from shared.schemas import encode
 
@@ -34,6 +36,7 @@ def create_app(gateway: Gateway, admin: Admin | None = None, *, scoring: bool = 
     if admin is not None:
         app[ADMIN] = admin
         add_admin_routes(app)
+        add_client_routes(app)
         app.router.add_get("/dashboard", dashboard)
 
         async def end_streams(app: web.Application) -> None:  # before the drain waits for handlers
@@ -71,10 +74,14 @@ async def _middleware(request: web.Request, handler: Handler) -> web.StreamRespo
     gw.metrics.request_latency(name).observe(elapsed)
     if route is not None:
         _observe(gw, route, response.status, elapsed * 1000)
+    caller: Caller | None = request.get(CALLER)
+    if caller is not None:
+        _observe_client(gw, caller.name, name, route, response.status, elapsed)
     if gw.config.access_log and name not in ("/metrics", "/healthz", "/readyz"):
         access.info("%s %s %d", request.method, request.path, response.status, extra={
             "request_id": rid, "route": name, "status": response.status, "ms": round(elapsed * 1000, 2),
-            "client": request.remote, "home": route.geo.region if route else None, "served": served or None,
+            "client": caller.name if caller else None, "via": caller.via if caller else None,
+            "peer": request.remote, "home": route.geo.region if route else None, "served": served or None,
             "color": route.color if route else None, "node": (route.node or None) if route else None,
             "cache": route.cache if route else None, "attempts": route.attempts if route else None,
         })
@@ -90,6 +97,17 @@ def _observe(gw: Gateway, route: Route, status: int, ms: float) -> None:
     drill = gw.drills.active if gw.drills is not None else None
     if drill is not None and drill.report.region == home:
         drill.observe(route.served, ok, ms)
+
+
+def _observe_client(gw: Gateway, client: str, name: str, route: Route | None, status: int, elapsed: float) -> None:
+    """Per calling service: calls by status class (429 on its own), items, latency, recent stats."""
+    m = gw.metrics
+    m.client_request_count(client, name, "429" if status == 429 else f"{status // 100}xx").inc()
+    m.client_latency(client).observe(elapsed)
+    if route is not None and status == 200:
+        m.client_item_count(client, "hit").inc(route.hits)
+        m.client_item_count(client, "miss").inc(route.items - route.hits)
+    gw.stats(f"client:{client}").record(elapsed * 1000, ok=status < 400, hit=route is not None and route.cache == "hit")
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -50,13 +50,17 @@ class Balancer:
             if n.spec.color == color and n.model_version == version and n.available(now)
         ]
 
-    def plan(self, home: str, snapshot: RegistryRecord, color: str, version: str) -> Plan:
+    def plan(self, home: str, snapshot: RegistryRecord, color: str, version: str,
+             client_regions: frozenset[str] = frozenset()) -> Plan:
+        """``client_regions``: the only regions this client's calls may be served in (none: any)."""
         allowed_by_home = self.topology.region(home)
         regions: list[str] = []
         skipped: dict[str, str] = {}
         for region in self.topology.order(home):
             if not allowed_by_home.allows(region):
                 skipped[region] = "residency"
+            elif client_regions and region not in client_regions:
+                skipped[region] = "client-regions"
             elif (state := snapshot.region_state(region)) != "active":
                 skipped[region] = state
             elif not self.candidates(region, color, version):

@@ -73,6 +73,26 @@ class GatewayMetrics:
         self.version_skew = CountGauge(Gauge("geogate_gateway_version_skew_nodes",
                                              "nodes serving another version than the registry names for their color",
                                              ["region", "color"], registry=r))
+        # Per calling service (issue 9); "anonymous" where anonymous access is on.
+        self.client_requests = Counter("geogate_gateway_client_requests", "scoring calls per client by status class",
+                                       ["client", "route", "status"], registry=r)
+        self.client_items = Counter("geogate_gateway_client_items", "items (pairs, addresses) per client",
+                                    ["client", "cache"], registry=r)
+        self.client_duration = Histogram("geogate_gateway_client_request_duration_seconds", "latency per client",
+                                         ["client"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.client_throttled_total = Counter("geogate_gateway_client_throttled",
+                                              "calls refused with 429 by a client limit", ["client", "scope"],
+                                              registry=r)
+        self.limiter_fallback = Counter("geogate_gateway_limiter_fallback",
+                                        "times the shared limits became unreachable and local buckets took over",
+                                        registry=r)
+        self.limiter_local = Gauge("geogate_gateway_limiter_local",
+                                   "1 while limits are enforced by this gateway alone (the store is unreachable)",
+                                   registry=r)
+        self.client_request_count = children(self.client_requests)
+        self.client_item_count = children(self.client_items)
+        self.client_latency = children(self.client_duration)
+        self.client_throttled = children(self.client_throttled_total)
         self.request_count = children(self.requests)
         self.request_latency = children(self.latency)
         self.cache_items = children(self.cache)

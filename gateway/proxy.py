@@ -16,10 +16,12 @@ from typing import Any, Generic, TypeVar
 import msgspec
 from aiohttp import web
 
+from gateway.access import UNIDENTIFIED, Access, Caller
 from gateway.balancer import Balancer, Plan
 from gateway.cache import Lookup, ResultCache
 from gateway.drills import Drills
 from gateway.geo import ClientGeo, GeoResolver
+from gateway.limits import Limiter, Verdict
 from gateway.metrics import GatewayMetrics
 from gateway.stats import StatsBook
 from gateway.upstream import Upstream
@@ -44,7 +46,7 @@ from shared.schemas import (
     validate_pairs,
 )
 
-__all__ = ["GATEWAY", "Gateway", "Route", "add_routes"]
+__all__ = ["CALLER", "GATEWAY", "Gateway", "Route", "add_routes"]
 
 I = TypeVar("I")
 R = TypeVar("R")
@@ -54,6 +56,7 @@ R = TypeVar("R")
 class Route:
     """One call's routing decision, filled in as it goes (for headers and metrics)."""
 
+    caller: Caller
     geo: ClientGeo
     color: str
     version: str
@@ -63,6 +66,8 @@ class Route:
     attempts: int = 0
     cache: str = "miss"
     node: str = ""  # the node that answered last
+    items: int = 0
+    hits: int = 0  # of the items, served from the cache
 
     @property
     def header(self) -> str:
@@ -80,10 +85,12 @@ class Gateway:
     metrics: GatewayMetrics
     similarity_cache: ResultCache[tuple[str, str], SimilarityResult] | None
     parse_cache: ResultCache[str, ParseResult] | None
+    access: Access
+    limiter: Limiter
     stats: StatsBook = field(default_factory=StatsBook)  # recent traffic for the admin API and heartbeats
     drills: Drills | None = None  # sees the calls of a drilled region's clients
 
-    def route(self, request: web.Request, items: object) -> Route:
+    def route(self, request: web.Request, caller: Caller, items: Sequence[object]) -> Route:
         snapshot = self.watcher.snapshot
         if snapshot.epoch == 0:
             raise Unavailable("the version registry has not been read yet (no snapshot)", retry_after_s=1)
@@ -92,7 +99,8 @@ class Gateway:
         if info is None:
             raise Unavailable(f"color {color!r} is not registered in the registry")
         geo = self.geo.resolve(request.remote, request.headers)
-        route = request["route"] = Route(geo, color, info.model_version, snapshot, served=self.config.region)
+        route = request["route"] = Route(caller, geo, color, info.model_version, snapshot, served=self.config.region,
+                                         items=len(items))
         return route  # on the request at once: a call that fails from here on is still counted per route
 
     def still_current(self, route: Route, request: web.Request, items: object) -> bool:
@@ -106,7 +114,10 @@ class Gateway:
     async def fetch(self, path: str, payload: object, response_type: type[Any], route: Route, request: web.Request,
                     call_deadline: float) -> Any:
         if route.plan is None:
-            route.plan = self.balancer.plan(route.geo.region, route.snapshot, route.color, route.version)
+            home, allowed = route.geo.region, route.caller.regions
+            if allowed and home not in allowed:
+                home = self.config.region  # a client pinned to regions is at home at its own gateway (authorized)
+            route.plan = self.balancer.plan(home, route.snapshot, route.color, route.version, allowed)
         plan = route.plan
         answer = await self.upstream.call(path, encode(payload), plan, route.color, route.version, call_deadline,
                                           request_id(request))
@@ -125,20 +136,26 @@ class Gateway:
         found: Lookup[R] = await cache.lookup(route.version, items, compute)
         self.metrics.cache_items(task, "hit").inc(found.hits)
         self.metrics.cache_items(task, "miss").inc(len(items) - found.hits)
-        route.cache = found.status
+        route.cache, route.hits = found.status, found.hits
         return found.results
 
     def respond(self, request: web.Request, route: Route, body: bytes) -> web.Response:
-        return web.Response(body=body, content_type="application/json", headers={
+        headers = {
             "X-Model-Version": route.version,
             "X-Color": route.color,
             "X-Region": route.served,
             "X-Cache": route.cache,
             "X-Route": route.header,
-        })
+        }
+        verdict: Verdict | None = request.get(RATE_LIMIT)
+        if verdict is not None:
+            headers.update(verdict.headers())
+        return web.Response(body=body, content_type="application/json", headers=headers)
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
+CALLER = "geogate.caller"  # request keys: who called (for metrics and logs), and their request bucket
+RATE_LIMIT = "geogate.rate_limit"
 
 
 def _color(snapshot: RegistryRecord, request: web.Request, items: object) -> str:
@@ -177,7 +194,7 @@ PARSE: _Task[str, ParseResult] = _Task(
 REROUTES = 3
 
 
-async def _score(request: web.Request, task: _Task[I, R], items: list[I]) -> tuple[Route, list[R]]:
+async def _score(request: web.Request, caller: Caller, task: _Task[I, R], items: list[I]) -> tuple[Route, list[R]]:
     """Results on the version of the newest snapshot: a call whose snapshot was replaced
     by a switch while it ran is served again on the new version, so once a gateway has
     applied a switch (and said so in its heartbeat) it answers nothing on the old one."""
@@ -185,45 +202,69 @@ async def _score(request: web.Request, task: _Task[I, R], items: list[I]) -> tup
     cfg = gw.config
     task.validate(items, max_items=cfg.max_batch, max_chars=cfg.max_chars)
     call_deadline = deadline(request, cfg.default_deadline_ms)
+    charged = False
+
+    async def charge(misses: int) -> None:  # against the client's item rate and quota, before a node is asked
+        nonlocal charged
+        if not charged:
+            charged = True
+            await gw.limiter.charge(caller.name, caller.limits, misses + (len(items) - misses) * cfg.cache_hit_cost)
+
     for _ in range(REROUTES):
-        route = gw.route(request, items)
+        route = gw.route(request, caller, items)
 
         async def compute(misses: list[I], route: Route = route) -> list[R]:
+            await charge(len(misses))
             answer = await gw.fetch(task.path, task.request(misses), task.response, route, request, call_deadline)
             return list(answer.results)
 
         results = await gw.lookup(task.cache(gw), task.name, route, items, compute)
+        await charge(0)
         if gw.still_current(route, request, items):
             return route, results
     raise Unavailable(f"the active version changed {REROUTES} times during this call", retry_after_s=1)
 
 
-async def similarity(request: web.Request) -> web.Response:
+B = TypeVar("B")
+
+
+async def _serve(request: web.Request, task: _Task[I, R], body_type: type[B], items: Callable[[B], list[I]],
+                 answer: Callable[[B, Route, list[R]], object]) -> web.Response:
+    """Who is calling and may they, then the body, then the results: a caller without
+    access is refused before its body is read."""
     gw = request.app[GATEWAY]
-    body = decode(await read_body(request, gw.config.max_body_bytes), SimilarityRequest)
-    route, results = await _score(request, SIMILARITY, body.pairs)
-    return gw.respond(request, route, encode(SimilarityResponse(results, route.version, route.color, route.served)))
+    request[CALLER] = UNIDENTIFIED
+    caller = request[CALLER] = gw.access.identify(request)
+    gw.access.authorize(caller, task.name)
+    request[RATE_LIMIT] = await gw.limiter.admit(caller.name, caller.limits)
+    slot = gw.limiter.enter(caller.name, caller.limits)
+    try:
+        body = decode(await read_body(request, gw.config.max_body_bytes), body_type)
+        route, results = await _score(request, caller, task, items(body))
+        return gw.respond(request, route, encode(answer(body, route, results)))
+    finally:
+        if slot:
+            gw.limiter.leave(caller.name)
+
+
+async def similarity(request: web.Request) -> web.Response:
+    return await _serve(request, SIMILARITY, SimilarityRequest, lambda b: b.pairs,
+                        lambda b, route, results: SimilarityResponse(results, route.version, route.color, route.served))
 
 
 async def parse(request: web.Request) -> web.Response:
-    gw = request.app[GATEWAY]
-    body = decode(await read_body(request, gw.config.max_body_bytes), ParseRequest)
-    route, results = await _score(request, PARSE, body.addresses)
-    return gw.respond(request, route, encode(ParseResponse(results, route.version, route.color, route.served)))
+    return await _serve(request, PARSE, ParseRequest, lambda b: b.addresses,
+                        lambda b, route, results: ParseResponse(results, route.version, route.color, route.served))
 
 
 async def compat_match(request: web.Request) -> web.Response:
-    gw = request.app[GATEWAY]
-    body = decode(await read_body(request, gw.config.max_body_bytes), MatchRequest)
-    route, (result,) = await _score(request, SIMILARITY, [(body.address1, body.address2)])
-    return gw.respond(request, route, encode(MatchResponse(similarity=result.score)))
+    return await _serve(request, SIMILARITY, MatchRequest, lambda b: [(b.address1, b.address2)],
+                        lambda b, route, results: MatchResponse(similarity=results[0].score))
 
 
 async def compat_parse(request: web.Request) -> web.Response:
-    gw = request.app[GATEWAY]
-    body = decode(await read_body(request, gw.config.max_body_bytes), CompatParseRequest)
-    route, (result,) = await _score(request, PARSE, [body.address])
-    return gw.respond(request, route, encode(CompatParseResponse(elements=result.elements)))
+    return await _serve(request, PARSE, CompatParseRequest, lambda b: [b.address],
+                        lambda b, route, results: CompatParseResponse(elements=results[0].elements))
 
 
 def add_routes(app: web.Application) -> None:

@@ -18,6 +18,7 @@ import aiohttp
 import msgspec
 from aiohttp import web
 
+from gateway.access import Access
 from gateway.admin import Admin
 from gateway.app import create_app
 from gateway.auth import TokenBook
@@ -28,6 +29,7 @@ from gateway.geo import GeoResolver, IPNetwork, parse_networks
 from gateway.geoip_build import default_output
 from gateway.health import HealthChecker
 from gateway.http1 import Http1Pool
+from gateway.limits import Limiter
 from gateway.metrics import GatewayMetrics
 from gateway.prechecks import load_golden
 from gateway.proxy import Gateway
@@ -36,6 +38,7 @@ from gateway.stats import StatsBook
 from gateway.topology import NodeSpec, Topology, refuse_node_url
 from gateway.upstream import Upstream
 from gateway.watch import SwitchWatch
+from shared.clients import load_clients_file
 from shared.config import GatewayConfig
 from shared.errors import StoreUnavailable
 from shared.heartbeats import GatewayHeartbeat, HeartbeatPublisher, Heartbeats, NodeHeartbeat, merge_topology
@@ -79,17 +82,25 @@ async def serve(config: GatewayConfig, topology: Topology, *, stores: Stores | N
                       trusted_proxies=parse_networks(config.trusted_proxies),
                       cdn_country_header=config.cdn_country_header)
     stats = StatsBook()
+    access = Access(config, watcher, load_clients_file(config.clients_file) if config.clients_file else {})
+    if access.anonymous is not None:
+        log.warning("anonymous access is on: calls without an API key or client certificate are served")
     gateway = Gateway(
         config=config, geo=geo, watcher=watcher, balancer=balancer,
         upstream=Upstream(config, upstream_client, health, balancer, metrics), metrics=metrics,
         similarity_cache=ResultCache.for_similarity(stores.cache, **options) if caching else None,
         parse_cache=ResultCache.for_parse(stores.cache, **options) if caching else None,
+        access=access,
+        limiter=Limiter(stores.registry, config.namespace, metrics, fallback_factor=config.limit_fallback_factor),
         stats=stats,
     )
     server_ssl = None
     if config.tls_cert and config.tls_key:
         server_ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         server_ssl.load_cert_chain(config.tls_cert, config.tls_key)
+        if config.client_ca:  # mutual TLS: a certificate is optional (keys still work) but must verify
+            server_ssl.load_verify_locations(config.client_ca)
+            server_ssl.verify_mode = ssl.CERT_OPTIONAL
     scheme = "https" if server_ssl else "http"
     own_url = f"{scheme}://{config.host}:{config.port}"
     publisher = _gateway_heartbeat(config, stores, watcher, stats, own_url)

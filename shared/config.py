@@ -180,6 +180,22 @@ class GatewayConfig:
     retention_s: float = _opt(3600.0, "how long the previous color is kept warm for a rollback (reported)")
     drill_kill: bool = _opt(False, "allow kill drills: SIGKILL a region's nodes by the pid in their heartbeat "
                             "(only where nodes run on this host and something restarts them, as under geogate up)")
+    # -- client access (issue 9) --
+    allow_anonymous: bool = _opt(False, "serve scoring calls that bring no API key or client certificate (as client "
+                                 "'anonymous', with the client_* limits)")
+    clients_file: str | None = _opt(None, "YAML file of clients (API keys as SHA-256 hashes, tasks, regions, limits); "
+                                    "more are managed through /admin/v1/clients")
+    client_ca: str | None = _opt(None, "CA file: a TLS client certificate it signed identifies a client by its CN or "
+                                 "DNS name (mutual TLS; needs tls_cert)")
+    client_rps: float = _opt(0.0, "default calls per second per client, shared by every gateway (0: none)")
+    client_burst: float = _opt(0.0, "default calls allowed at once above the rate (0: one second's worth)")
+    client_items_per_s: float = _opt(0.0, "default items (pairs, addresses) per second per client (0: none)")
+    client_items_burst: float = _opt(0.0, "default items allowed at once above the item rate (0: one second's worth)")
+    client_daily_quota: float = _opt(0.0, "default items per client per UTC day (0: none)")
+    client_max_concurrent: int = _opt(0, "default calls one client may have in flight at this gateway (0: any)")
+    cache_hit_cost: float = _opt(0.1, "what an item served from the cache counts against item rates and quotas")
+    limit_fallback_factor: float = _opt(1.0, "while the store is unreachable, each gateway alone enforces the "
+                                        "limits times this (fail open with a local cap)")
 
     def __post_init__(self) -> None:
         _check(0 <= self.port <= 65535, "port", "must be 0..65535")
@@ -192,6 +208,10 @@ class GatewayConfig:
                      "unhealthy_after", "eject_after", "default_deadline_ms"):
             _check(getattr(self, name) > 0, name, "must be positive")
         _check(0 <= self.max_ejection_percent <= 100, "max_ejection_percent", "must be within 0..100")
+        _check(self.client_ca is None or self.tls_cert is not None, "client_ca", "mutual TLS needs tls_cert and tls_key")
+        for name in ("client_rps", "client_burst", "client_items_per_s", "client_items_burst", "client_daily_quota",
+                     "client_max_concurrent", "cache_hit_cost", "limit_fallback_factor"):
+            _check(getattr(self, name) >= 0, name, "must not be negative")
 
     @property
     def home_default(self) -> str:

@@ -31,6 +31,7 @@ from typing import Literal
 
 import msgspec
 
+from shared.clients import Client, check_client
 from shared.errors import Conflict, InvalidRequest, StoreUnavailable
 from shared.store import Store
 
@@ -60,6 +61,7 @@ class RegistryRecord(msgspec.Struct, frozen=True, kw_only=True):
     colors: dict[str, ColorInfo] = {}
     canary_percent: float = 0.0
     regions: dict[str, RegionState] = {}
+    clients: dict[str, Client] = {}  # calling services managed through the admin API (shared/clients.py)
     updated_at: str = ""  # ISO 8601, UTC
     updated_by: str = ""
     reason: str = ""
@@ -238,6 +240,15 @@ class Registry:
             raise InvalidRequest(f"region state must be one of {REGION_STATES}, not {state!r}")
         return await self.change(lambda r: msgspec.structs.replace(r, regions={**r.regions, region: state}),
                                  who=who, why=why, action=f"region_{state}", expected_epoch=expected_epoch)
+
+    async def change_client(self, name: str, mutate: Callable[[Client | None], Client], *, who: str, why: str,
+                            action: str, expected_epoch: int | None = None) -> RegistryRecord:
+        """Write ``mutate(the client named name, or None)`` as that client."""
+        def apply(r: RegistryRecord) -> RegistryRecord:
+            client = check_client(mutate(r.clients.get(name)))
+            return msgspec.structs.replace(r, clients={**r.clients, client.name: client})
+
+        return await self.change(apply, who=who, why=why, action=action, expected_epoch=expected_epoch)
 
 
 def _validate(record: RegistryRecord) -> None:

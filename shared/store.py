@@ -38,6 +38,7 @@ __all__ = [
     "Store",
     "Stores",
     "StreamEntry",
+    "Taken",
     "open_store",
     "open_stores",
 ]
@@ -85,11 +86,40 @@ class Store(Protocol):
     def subscribe(self, channel: str) -> contextlib.AbstractAsyncContextManager[AsyncIterator[bytes]]:
         """Messages published on ``channel`` after the subscription started. The iterator
         raises ``StoreUnavailable`` when the connection drops; subscribe again."""
+    async def take(self, key: str, rate: int, burst: int, want: int, need: int, ttl_s: float) -> Taken:
+        """Token bucket ``key`` (holds up to ``burst``, refills ``rate`` a second, on the
+        store's clock so that every gateway shares one bucket): if at least ``need``
+        tokens are there, take as many as are there up to ``want``."""
     async def xadd(self, stream: str, fields: Mapping[str, bytes], maxlen: int = 10_000) -> str: ...
     async def xrevrange(self, stream: str, count: int) -> list[StreamEntry]:
         """The newest ``count`` entries, newest first."""
     async def ping(self) -> None: ...
     async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    granted: int
+    left: int  # tokens in the bucket after this take
+    wait_ms: int  # until ``need`` tokens are there (0 when granted; -1: never, a bucket without refill)
+    full_ms: int  # until the bucket is full again (-1: never)
+
+
+def _bucket(tokens: float, at: int, now: int, rate: int, burst: int, want: int,
+            need: int) -> tuple[int, int, Taken]:
+    """The token bucket's arithmetic (the same as _TAKE_SCRIPT's): new tokens, new stamp, result."""
+    if rate > 0 and now > at:
+        added = (now - at) * rate // 1000
+        if tokens + added >= burst:
+            tokens, at = burst, now
+        elif added > 0:
+            tokens, at = tokens + added, at + added * 1000 // rate
+    tokens = int(tokens)
+    granted = min(want, tokens) if tokens >= need else 0
+    tokens -= granted
+    wait = 0 if granted else (-(-(need - tokens) * 1000 // rate) if rate > 0 else -1)
+    full = (-(-(burst - tokens) * 1000 // rate) if rate > 0 else -1) if tokens < burst else 0
+    return tokens, at, Taken(granted, tokens, wait, full)
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +233,14 @@ class MemoryStore:
                 await self.xadd(audit_stream, audit, audit_maxlen)
             return new
 
+    async def take(self, key: str, rate: int, burst: int, want: int, need: int, ttl_s: float) -> Taken:
+        now = int(self._clock() * 1000)
+        raw = self._live(key)
+        tokens, at = (burst, now) if raw is None else tuple(int(x) for x in raw.split(b":"))
+        tokens, at, taken = _bucket(tokens, at, now, rate, burst, want, need)
+        await self.set(key, b"%d:%d" % (tokens, at), ttl_s)
+        return taken
+
     async def publish(self, channel: str, message: bytes) -> None:
         for queue in self._subscribers.get(channel, ()):
             queue.put_nowait(bytes(message))
@@ -263,6 +301,38 @@ return {1, tonumber(ARGV[5])}
 """
 
 
+# KEYS: the bucket (a hash: tokens t, stamp at in ms). ARGV: rate, burst, want, need, ttl ms.
+# The store's own clock (TIME), so gateways with skewed clocks still share one bucket;
+# integer arithmetic, the same as _bucket's.
+_TAKE_SCRIPT = """
+local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local want, need = tonumber(ARGV[3]), tonumber(ARGV[4])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local s = redis.call('HMGET', KEYS[1], 't', 'at')
+local tokens, at = tonumber(s[1]), tonumber(s[2])
+if tokens == nil then tokens, at = burst, now end
+if rate > 0 and now > at then
+  local added = math.floor((now - at) * rate / 1000)
+  if tokens + added >= burst then tokens, at = burst, now
+  elseif added > 0 then tokens, at = tokens + added, at + math.floor(added * 1000 / rate) end
+end
+local granted = 0
+if tokens >= need then granted = math.min(want, tokens) end
+tokens = tokens - granted
+redis.call('HSET', KEYS[1], 't', string.format('%d', tokens), 'at', string.format('%d', at))
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+local wait, full = 0, 0
+if granted == 0 then
+  if rate > 0 then wait = math.ceil((need - tokens) * 1000 / rate) else wait = -1 end
+end
+if tokens < burst then
+  if rate > 0 then full = math.ceil((burst - tokens) * 1000 / rate) else full = -1 end
+end
+return {granted, tokens, wait, full}
+"""
+
+
 def _counter_key(key: str) -> str:
     return key + ":epoch"
 
@@ -292,6 +362,7 @@ class RedisStore:
         self._backoff = 0.0
         self._down_until = 0.0
         self._script = self._client.register_script(_CAS_SCRIPT)
+        self._take = self._client.register_script(_TAKE_SCRIPT)
 
     def _connect(self, url: str) -> Any:
         import redis.asyncio as redis
@@ -392,6 +463,11 @@ class RedisStore:
         if not ok:
             raise Conflict(f"{key} changed: expected epoch {expected}, found {current}", current=int(current))
         return int(current)
+
+    async def take(self, key: str, rate: int, burst: int, want: int, need: int, ttl_s: float) -> Taken:
+        args = [rate, burst, want, need, _millis(ttl_s) or 1]
+        granted, left, wait, full = await self._call(lambda: self._take(keys=[key], args=args))
+        return Taken(int(granted), int(left), int(wait), int(full))
 
     async def publish(self, channel: str, message: bytes) -> None:
         await self._call(lambda: self._client.publish(channel, message))

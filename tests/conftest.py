@@ -7,10 +7,16 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import aiohttp
+import hypothesis  # noqa: F401  (see below)
 import pytest
 from helpers import NodeProcess, RedisServer
 
 from shared.store import MemoryStore, RedisStore, Store
+
+# hypothesis' pytest plugin imports hypothesis in the terminal summary when no test did;
+# pytest's assertion rewriting then parses it deep inside pluggy's hooks, where CPython
+# 3.11.7's parser fails ("AST constructor recursion depth mismatch") and a run of only
+# hypothesis-free tests ends in a SystemError. Importing it here, at the top, avoids that.
 
 
 @pytest.fixture

@@ -106,7 +106,8 @@ class GatewayProcess(NodeProcess):
     """A ``geogate gateway`` subprocess (same harness as a node)."""
 
     def __init__(self, tmp: Path, *args: str, env: dict[str, str] | None = None, https: bool = False) -> None:
-        super().__init__(tmp, *args, env=env, command="gateway")
+        # Test gateways serve anonymous calls unless a test says otherwise (tests/test_access.py).
+        super().__init__(tmp, *args, env={"GEOGATE_ALLOW_ANONYMOUS": "true", **(env or {})}, command="gateway")
         if https:
             self.url = self.url.replace("http://", "https://")
 

@@ -206,3 +206,29 @@ async def test_a_sentinel_url_reaches_the_primary_it_names(tmp_path: Path) -> No
         await store.close()
         sentinel.stop()
         primary.stop()
+
+
+async def test_token_bucket_takes_what_is_there_and_refills_on_the_stores_clock(store: Store) -> None:
+    # A bucket of 10 refilling 1,000 a second (1 per ms): a want beyond it gets what is there.
+    first = await store.take("bucket", 1000, 10, 4, 1, ttl_s=60)
+    assert (first.granted, first.left, first.wait_ms) == (4, 6, 0)
+    assert 0 < first.full_ms <= 4
+    rest = await store.take("bucket", 1000, 10, 100, 1, ttl_s=60)
+    assert rest.granted >= 6 and rest.left == 0  # what was there, plus a refill of the elapsed ms
+    refused = await store.take("slow", 1, 2, 2, 2, ttl_s=60)  # 1 a second, 2 at most
+    assert refused.granted == 2
+    refused = await store.take("slow", 1, 2, 1, 1, ttl_s=60)
+    assert (refused.granted, refused.left) == (0, 0) and 0 < refused.wait_ms <= 1000
+    # A bucket without refill (a daily quota) never refills: wait -1.
+    quota = await store.take("quota", 0, 5, 5, 5, ttl_s=60)
+    assert quota.granted == 5
+    empty = await store.take("quota", 0, 5, 1, 1, ttl_s=60)
+    assert (empty.granted, empty.wait_ms, empty.full_ms) == (0, -1, -1)
+    # need > what is there: nothing is taken, even if want could be partly served
+    partial = await store.take("p", 0, 3, 5, 4, ttl_s=60)
+    assert (partial.granted, partial.left) == (0, 3)
+
+
+async def test_concurrent_takes_never_hand_out_more_than_the_bucket(store: Store) -> None:
+    results = await asyncio.gather(*(store.take("shared", 0, 50, 3, 1, ttl_s=60) for _ in range(40)))
+    assert sum(r.granted for r in results) == 50
