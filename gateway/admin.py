@@ -145,11 +145,28 @@ async def _status(gw: Gateway, admin: Admin) -> dict[str, Any]:
         "gateway": {"region": gw.config.region, "epoch": snapshot.epoch, "traffic_60s": gw.stats.snapshot("all", 60)},
         "regions": {r: {"state": snapshot.region_state(r), "colors": regions.get(r, {})}
                     for r in sorted(set(regions) | set(snapshot.regions))},
-        "gateways": gateways, "watch": admin.watch.last,
+        "gateways": gateways, "top_clients": _top_clients(gateways or []), "watch": admin.watch.last,
         "drill": admin.drills.active.report if admin.drills.active else None,
         "retention_s": gw.config.retention_s,
     }
     return body
+
+
+def _top_clients(gateways: list[GatewayHeartbeat], top: int = 10) -> dict[str, list[dict[str, Any]]]:
+    """The busiest calling services per region over the last 10 s, summed over the region's
+    gateways (from their heartbeats; each lists its own busiest ten)."""
+    per: dict[str, dict[str, dict[str, Any]]] = {}
+    for gateway in gateways:
+        for series, snap in gateway.stats.items():
+            if series.startswith("client:"):
+                row = per.setdefault(gateway.region, {}).setdefault(
+                    series[7:], {"client": series[7:], "calls": 0, "rps": 0.0, "errors": 0, "hits": 0, "p99_ms": 0.0})
+                row["calls"] += snap["count"]
+                row["rps"] = round(row["rps"] + snap["rps"], 2)
+                row["errors"] += snap["errors"]
+                row["hits"] += snap["hits"]
+                row["p99_ms"] = max(row["p99_ms"], snap["p99_ms"])  # the worst gateway's
+    return {region: sorted(rows.values(), key=lambda r: -r["calls"])[:top] for region, rows in sorted(per.items())}
 
 
 async def whoami(request: web.Request) -> web.Response:

@@ -70,6 +70,26 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("color")
     p.add_argument("--model-version", required=True)
     p.add_argument("--sha256", default="")
+    cmd("clients", "calling services, their keys and limits (admin role)")
+    for name, help_text in (("client-add", "add a calling service and print its first API key (shown once)"),
+                            ("client-set", "change a calling service's tasks, regions, limits or certificate names")):
+        p = cmd(name, help_text + " (admin role)", reason=True)
+        p.add_argument("name")
+        p.add_argument("--tasks", help="comma-separated: similarity,parse")
+        p.add_argument("--regions", help="comma-separated regions its calls must stay in")
+        p.add_argument("--cert-names", help="comma-separated TLS client certificate names (CN or DNS) that identify it")
+        for limit in LIMITS:
+            p.add_argument("--" + limit.replace("_", "-"), type=float, help="0: none")
+        if name == "client-add":
+            p.add_argument("--no-key", action="store_true", help="no API key (a certificate-only client)")
+        else:
+            p.add_argument("--disabled", choices=["true", "false"], help="refuse (or accept again) all its calls")
+    p = cmd("client-rotate", "give a client a new API key; the old ones stay valid --overlap-s more", reason=True)
+    p.add_argument("name")
+    p.add_argument("--overlap-s", type=float, default=86_400.0, help="0: the old keys stop at once")
+    p = cmd("client-revoke", "revoke one API key (--key ID) or the whole client", reason=True)
+    p.add_argument("name")
+    p.add_argument("--key", help="the key's id (the 8 hex digits after gg_)")
     h = cmds.add_parser("hash-token", help="print the SHA-256 a tokens file stores for a token (read from stdin)")
     h.set_defaults(run=_hash_token)
 
@@ -157,7 +177,69 @@ async def _main(args: argparse.Namespace) -> int:
         if name == "register":
             body = {"model_version": args.model_version, "sha256": args.sha256, "reason": args.reason}
             return _show(args, await call("POST", f"admin/v1/colors/{args.color}", body), _changed_text)
+        if name == "clients":
+            return _show(args, await call("GET", "admin/v1/clients"), _clients_text)
+        if name in ("client-add", "client-set"):
+            body = _client_body(args)
+            if name == "client-add":
+                data = await call("POST", "admin/v1/clients", {"name": args.name, "key": not args.no_key, **body})
+            else:
+                data = await call("POST", f"admin/v1/clients/{args.name}", body)
+            return _show(args, data, _client_text)
+        if name == "client-rotate":
+            body = {"reason": args.reason, "overlap_s": args.overlap_s}
+            return _show(args, await call("POST", f"admin/v1/clients/{args.name}/keys", body), _client_text)
+        if name == "client-revoke":
+            path = f"admin/v1/clients/{args.name}/" + (f"keys/{args.key}/revoke" if args.key else "revoke")
+            return _show(args, await call("POST", path, {"reason": args.reason}), _client_text)
     raise AssertionError(name)
+
+
+LIMITS = ("rps", "burst", "items_per_s", "items_burst", "daily_quota", "max_concurrent")
+
+
+def _client_body(args: argparse.Namespace) -> dict[str, Any]:
+    body: dict[str, Any] = {"reason": args.reason}
+    for field in ("tasks", "regions", "cert_names"):
+        if getattr(args, field) is not None:
+            body[field] = [x.strip() for x in getattr(args, field).split(",") if x.strip()]
+    limits = {k: getattr(args, k) for k in LIMITS if getattr(args, k) is not None}
+    if limits:
+        if "max_concurrent" in limits:
+            limits["max_concurrent"] = int(limits["max_concurrent"])
+        body["limits"] = limits
+    if getattr(args, "disabled", None) is not None:
+        body["disabled"] = args.disabled == "true"
+    return body
+
+
+def _limits_text(limits: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v:g}" for k, v in limits.items() if v) or "no limits of its own"
+
+
+def _clients_text(d: dict[str, Any]) -> str:
+    out = [(f"anonymous access: {'ON' if d['anonymous'] else 'off'}; default limits: "
+           f"{_limits_text(d['default_limits'])}"), ""]
+    out.append(f"{'CLIENT':24s} {'SOURCE':8s} {'STATE':8s} {'TASKS':18s} {'REGIONS':16s} {'KEYS':>4s}  LIMITS")
+    for c in d["clients"]:
+        valid = sum(1 for k in c["keys"] if k["valid"])
+        out.append(f"{c['name']:24s} {c['source']:8s} {'revoked' if c['disabled'] else 'active':8s} "
+                   f"{','.join(c['tasks']):18s} {','.join(c['regions']) or 'any':16s} {valid:4d}  "
+                   f"{_limits_text(c['limits'])}")
+    return "\n".join(out)
+
+
+def _client_text(d: dict[str, Any]) -> str:
+    c = d["client"]
+    lines = [(f"client {c['name']}: {'revoked' if c['disabled'] else 'active'}, tasks {','.join(c['tasks'])}, "
+             f"regions {','.join(c['regions']) or 'any'}, {_limits_text(c['limits'])}")]
+    for k in c["keys"]:
+        state = "revoked" if k["revoked"] else f"valid until {k['expires_at']}" if k["expires_at"] else "valid"
+        lines.append(f"  key {k['id']}: {state if k['valid'] or k['revoked'] else 'expired'}")
+    if d.get("api_key"):
+        lines.append(f"\nAPI key (shown once; store it now): {d['api_key']}")
+    lines.append(_changed_text({k: v for k, v in d.items() if k not in ("client", "api_key")}))
+    return "\n".join(lines)
 
 
 def _show(args: argparse.Namespace, data: dict[str, Any], text: Any) -> int:
@@ -194,6 +276,9 @@ def _status_text(d: dict[str, Any]) -> str:
             total = (g.get("stats") or {}).get("all") or {}
             out.append(f"{g['url'] + ' pid ' + str(g['pid']):34s} {g['region']:14s} {g['epoch']:5d} "
                        f"{total.get('rps', 0):7.1f} {total.get('p99_ms', 0):7.1f} {total.get('error_rate', 0):6.1%}")
+    for region, rows in (d.get("top_clients") or {}).items():
+        out.append(f"\ntop clients in {region} (last 10 s): " + ", ".join(
+            f"{r['client']} {r['rps']:g}/s ({r['errors']} refused or failed)" for r in rows))
     if d.get("watch"):
         w = d["watch"]
         out.append(f"\nwatch after the switch {w['old']} -> {w['new']}: {w['state']} {w.get('reason', '')}")

@@ -51,6 +51,7 @@ __all__ = ["serve"]
 log = logging.getLogger("geogate.gateway")
 
 NODE_REFRESH_S = 2.0
+TOP_CLIENTS = 10  # calling services per gateway heartbeat (the admin status and dashboard list them)
 
 
 async def serve(config: GatewayConfig, topology: Topology, *, stores: Stores | None = None,
@@ -155,6 +156,9 @@ def _gateway_heartbeat(config: GatewayConfig, stores: Stores, watcher: RegistryW
 
     def beat() -> GatewayHeartbeat:
         recent = {name: stats.snapshot(name, 10) for name in sorted(stats.series)}
+        clients = sorted((name for name in recent if name.startswith("client:")), key=lambda n: -recent[n].count)
+        for name in clients[TOP_CLIENTS:]:  # the busiest clients only: a heartbeat stays small
+            del recent[name]
         return GatewayHeartbeat(config.region, url, os.getpid(), started, watcher.snapshot.epoch,
                                 msgspec.to_builtins(recent))
 

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import ssl
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,7 +25,7 @@ import aiohttp
 import pytest
 import yaml
 from admin_world import GEOIP, TOKENS, auth
-from helpers import GatewayProcess, NodeProcess, RedisServer, scrape, seed_registry_from, wait_until
+from helpers import REPO, GatewayProcess, NodeProcess, RedisServer, scrape, seed_registry_from, wait_until
 
 from gateway.auth import hash_token
 from shared.clients import hash_key
@@ -331,3 +334,43 @@ async def test_mutual_tls_identifies_a_client_by_its_certificate(world: World, t
         assert file_key not in log
     finally:
         gateway.stop()
+
+
+async def test_admin_status_lists_the_busiest_clients_per_region(world: World, http: aiohttp.ClientSession) -> None:
+    key = await new_client(http, world, "status-listed")
+    for _ in range(5):
+        assert (await call(http, world.us, key))[0] == 200
+
+    async def listed() -> bool:
+        async with http.get(world.eu.url + "/admin/v1/status", headers=auth("viewer")) as resp:
+            top = (await resp.json())["top_clients"]
+        return any(row["client"] == "status-listed" and row["calls"] >= 5 for row in top.get("us-east", []))
+
+    await wait_until(listed, 15, "us-east's gateway heartbeat to list the client")
+
+
+def test_admin_cli_manages_clients(world: World) -> None:
+    token = world.tmp / "ada.token"
+    token.write_text(TOKENS["admin"])
+    common = ["--url", world.eu.url, "--token-file", str(token)]
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "shared.cli", "admin", *args, *common], cwd=REPO,
+                              capture_output=True, text=True, timeout=60, check=False)
+
+    done = cli("client-add", "cli-made", "--tasks", "parse", "--rps", "50", "--reason", "from the CLI")
+    assert done.returncode == 0, done.stderr
+    key = re.search(r"API key \(shown once; store it now\): (gg_\S+)", done.stdout)
+    assert key and "tasks parse" in done.stdout and "rps 50" in done.stdout, done.stdout
+    done = cli("client-set", "cli-made", "--regions", "eu-central", "--reason", "pin")
+    assert done.returncode == 0 and "regions eu-central" in done.stdout, done.stderr
+    done = cli("client-rotate", "cli-made", "--overlap-s", "0", "--reason", "rotate")
+    assert done.returncode == 0 and "revoked" in done.stdout and "API key (shown once" in done.stdout, done.stdout
+    done = cli("clients")
+    assert done.returncode == 0 and "anonymous access: off" in done.stdout
+    row = next(line for line in done.stdout.splitlines() if line.startswith("cli-made"))
+    assert "registry" in row and "eu-central" in row and key.group(1) not in done.stdout
+    done = cli("client-revoke", "cli-made", "--reason", "done")
+    assert done.returncode == 0 and "client cli-made: revoked" in done.stdout
+    done = cli("client-set", "nobody", "--rps", "1", "--reason", "x")
+    assert done.returncode == 1 and "404" in done.stderr

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import aiohttp
 import pytest
-from admin_world import TOKENS, World, auth, two_region_world
+from admin_world import EU, TOKENS, World, auth, two_region_world
 from helpers import REPO
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -53,10 +54,10 @@ def open_page(browser: Any, world: World, role: str, query: str = "") -> Any:
     return page
 
 
-def call_admin(world: World, path: str, body: dict[str, Any]) -> dict[str, Any]:
+def call_admin(world: World, path: str, body: dict[str, Any], role: str = "operator") -> dict[str, Any]:
     async def post() -> dict[str, Any]:
         async with aiohttp.ClientSession() as http, http.post(world.a.url + "/admin/v1" + path, json=body,
-                                                               headers=auth("operator")) as resp:
+                                                               headers=auth(role)) as resp:
             data: dict[str, Any] = await resp.json()
             assert resp.status == 200, data
             return data
@@ -89,6 +90,32 @@ def test_per_region_view_shows_one_region(browser: Any, world: World) -> None:
     page.wait_for_selector(".region[data-region='us-east']", timeout=SETTLE_MS)
     assert page.locator(".region").count() == 1
     page.close()
+
+
+def test_a_regions_busiest_clients_are_listed(browser: Any, world: World) -> None:
+    key = call_admin(world, "/clients", {"name": "orders-dash", "reason": "dashboard test"}, role="admin")["api_key"]
+    stop = threading.Event()
+
+    async def traffic() -> None:  # steady calls by that client at eu-central's gateway until the page shows it
+        async with aiohttp.ClientSession() as http:
+            n = 0
+            while not stop.is_set() and n < 2000:
+                n += 1
+                async with http.post(world.a.url + "/v1/parse", json={"addresses": [f"杭州市文一西路{n}号"]},
+                                     headers={"X-API-Key": key, "X-Forwarded-For": EU}) as resp:
+                    assert resp.status == 200
+
+    with ThreadPoolExecutor(1) as pool:
+        calls = pool.submit(asyncio.run, traffic())
+        try:
+            page = open_page(browser, world, "viewer")
+            row = page.wait_for_selector(".region[data-region='eu-central'] .clients tr.client:has-text('orders-dash')",
+                                         timeout=SETTLE_MS)
+            assert "orders-dash" in row.inner_text()
+            page.close()
+        finally:
+            stop.set()
+            calls.result()
 
 
 def test_a_drain_shows_within_seconds(browser: Any, world: World) -> None:
