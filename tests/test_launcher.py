@@ -216,6 +216,7 @@ def test_up_detach_reports_progress_and_a_ready_summary(detached: tuple[Path, su
     assert version_of("demo") in done.stdout and version_of("demo-v2") in done.stdout
     assert f"X-Forwarded-For: {CLIENTS['eu-central']}" in done.stdout  # a ready-to-paste curl per region
     assert f"geogate down --run-dir {run_dir}" in done.stdout
+    assert "anonymous access: ON (a demo" in done.stdout and "geogate admin client-add" in done.stdout
 
 
 def test_endpoints_file_is_complete(detached: tuple[Path, subprocess.CompletedProcess[str]]) -> None:

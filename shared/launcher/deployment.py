@@ -399,7 +399,13 @@ class Deployment:
             lines.append(f"{role} {color:6s} {info.model_version}  sha256 {info.sha256[:16]}")
         lines.append(f"registry epoch {record.epoch}; GeoIP database: {self.geoip_db or 'none'}")
         token = (self.run_dir / "admin-token").read_text().strip()
+        first = self._url(self.plan.gateways[0].port)
+        keys = (f"GEOGATE_ADMIN_TOKEN={token} geogate admin client-add NAME --reason '...' --url {first}"
+                + (f" --cacert {self.tls.ca}" if self.tls else ""))
+        anonymous = ("ON (a demo: calls without an API key are served as client 'anonymous')"
+                     if self.plan.gateway_settings.get("allow_anonymous") else "off (every call needs an API key)")
         lines += [f"admin token: {token}  (in {self.run_dir / 'admin-token'})",
+                  f"anonymous access: {anonymous}; an API key: {keys}",
                   f"run dir: {self.run_dir} (endpoints.json, gateway.yaml, logs/)", "",
                   "Try it; X-Forwarded-For names the client a call stands for (loopback is a trusted proxy here):"]
         ca = f" --cacert {self.tls.ca}" if self.tls else ""
