@@ -26,8 +26,16 @@ _ROUTES = {
     "/match": ("Compatibility: one pair, a similarity score", MatchRequest, MatchResponse),
     "/parse": ("Compatibility: one address, its elements", CompatParseRequest, CompatParseResponse),
 }
-_ERRORS = {"400": "malformed JSON or header", "413": "body too large", "422": "invalid request",
-           "429": "overloaded", "503": "no region or node may serve the call", "504": "deadline exceeded"}
+_ERRORS = {"400": "malformed JSON, header or HTTP", "401": "no API key or client certificate (where anonymous "
+           "access is off), or an unknown, expired or revoked key", "403": "a task or region this client may not use",
+           "413": "body too large", "417": "an Expect other than 100-continue", "422": "invalid request",
+           "429": "a client limit (rate, items, daily quota, calls in flight; see Retry-After and X-RateLimit-*) "
+           "or the service is overloaded", "503": "no region or node may serve the call", "504": "deadline exceeded"}
+_RATE_HEADERS = {name: {"schema": {"type": "string"}, "description": text} for name, text in (
+    ("X-RateLimit-Limit", "the bucket's size (calls, or items for the items and daily-quota scopes)"),
+    ("X-RateLimit-Remaining", "what is left of it (approximate: gateways take tokens in small leases)"),
+    ("X-RateLimit-Reset", "seconds until the bucket is full again"),
+    ("X-RateLimit-Scope", "requests, items or daily-quota"))}
 
 
 def _document() -> dict[str, Any]:
@@ -38,6 +46,7 @@ def _document() -> dict[str, Any]:
         ("X-Model-Version", "model version that produced the answer"), ("X-Color", "deployment color"),
         ("X-Region", "region that served the call"), ("X-Cache", "hit, miss or partial"),
         ("X-Route", "home region, serving region, attempts and why"), ("X-Request-ID", "echoed or generated"))}
+    headers.update(_RATE_HEADERS)  # on calls of a client with a request rate
     error = {"content": {"application/json": {"schema": refs[ErrorBody]}}}
     paths = {
         path: {"post": {
@@ -54,11 +63,15 @@ def _document() -> dict[str, Any]:
                         "content": {"application/json": {"schema": refs[resp]}}},
                 **{code: {"description": text, **error} for code, text in _ERRORS.items()},
             },
+            # anonymous ({}) only where the gateway's allow_anonymous is on
+            "security": [{"apiKey": []}, {"bearer": []}, {}],
         }}
         for path, (summary, req, resp) in _ROUTES.items()
     }
     return {"openapi": "3.1.0", "info": {"title": "geogate client API", "version": "1"}, "paths": paths,
-            "components": {"schemas": components}}
+            "components": {"schemas": components, "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "an API key: Authorization: Bearer gg_..."},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}}}
 
 
 OPENAPI: bytes = msgspec.json.encode(_document())
