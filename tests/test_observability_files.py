@@ -295,6 +295,12 @@ def test_alert_logic_on_synthetic_series(tmp_path: Path) -> None:
                 _series("geogate_gateway_registry_snapshot_age_seconds", "-1x10", job="gw", instance="g1"),
                 _series("geogate_gateway_registry_snapshot_age_seconds", "45x10", job="gw", instance="g2"),
                 _series("geogate_gateway_registry_snapshot_age_seconds", "2x10", job="gw", instance="g3"),
+                _series("geogate_gateway_limiter_local", "1x10", job="gw", instance="g1"),
+                _series("geogate_gateway_limiter_local", "0x10", job="gw", instance="g2"),
+                _series("geogate_gateway_client_throttled_total", "0+600x20", job="gw", instance="g1",
+                        client="noisy", scope="requests"),
+                _series("geogate_gateway_client_throttled_total", "0+6x20", job="gw", instance="g1",
+                        client="calm", scope="requests"),
             ],
             "alert_rule_test": [
                 {"eval_time": "5m", "alertname": "NodeQueueSaturation", "exp_alerts": [
@@ -303,6 +309,10 @@ def test_alert_logic_on_synthetic_series(tmp_path: Path) -> None:
                     {"exp_labels": {"severity": "critical", "job": "gw", "instance": "g1"}}]},
                 {"eval_time": "5m", "alertname": "RegistrySnapshotStale", "exp_alerts": [
                     {"exp_labels": {"severity": "warning", "job": "gw", "instance": "g2"}}]},
+                {"eval_time": "5m", "alertname": "ClientLimitsFailOpen", "exp_alerts": [
+                    {"exp_labels": {"severity": "warning", "job": "gw", "instance": "g1"}}]},
+                {"eval_time": "16m", "alertname": "ClientThrottled", "exp_alerts": [
+                    {"exp_labels": {"severity": "warning", "job": "gw", "client": "noisy", "scope": "requests"}}]},
             ],
         },
     ]
@@ -454,7 +464,7 @@ def test_alerts_are_actionable() -> None:
     assert {"RegionWithoutHealthyNodes", "RegionColorWithoutHealthyNodes", "HighErrorRate", "P99OverSLO",
             "VersionSkew", "RegistryUnreachable", "RegistrySnapshotStale", "FailoversHappening",
             "CacheHitRatioCollapse", "NodeQueueSaturation", "VersionMismatchFencing",
-            "GatewayRetryBudgetExhausted"} <= names
+            "GatewayRetryBudgetExhausted", "ClientLimitsFailOpen", "ClientThrottled"} <= names
     assert len(names) == len(rules), "duplicate alert names"
     for rule in rules:
         assert re.fullmatch(r"\d+[smh]", str(rule.get("for", ""))), f"{rule['alert']}: no `for`"
