@@ -608,6 +608,20 @@ def admin_body(draw: st.DrawFn, route: str) -> Body:
         _field(draw, st.one_of(st.sampled_from([0, -1, 0.001, 1, 600, 601, 1e308]), st.floats()), "duration_s", obj)
         _field(draw, st.sampled_from(["fail", "drain", "kill", "restore", "", "FAIL"]), "mode", obj)
         _field(draw, st.booleans(), "wait", obj)
+    elif route == "clients":
+        _field(draw, st.one_of(st.sampled_from([*FUZZ_CLIENTS, "", "x" * 65, "bad name", "é", "a/b"]),
+                               st.text(max_size=12)), "name", obj)
+        _field(draw, st.one_of(st.sampled_from([["parse"], ["similarity", "parse"], [], ["other"], "parse"]),
+                               st.lists(st.text(max_size=10), max_size=3)), "tasks", obj)
+        _field(draw, st.one_of(st.sampled_from([["eu-central"], [], [""]]), st.lists(st.text(max_size=10), max_size=3)),
+               "regions", obj)
+        number = st.one_of(st.sampled_from([0, 1, 0.5, -1, 1e308, 10**30, "5"]), st.floats(allow_nan=True))
+        _field(draw, st.one_of(st.dictionaries(st.sampled_from(["rps", "burst", "items_per_s", "items_burst",
+                                                                 "daily_quota", "max_concurrent", "other"]),
+                                               number, max_size=4), json_value), "limits", obj)
+        _field(draw, st.one_of(st.sampled_from([0, 1, 3600, -1, 1e12]), st.floats()), "overlap_s", obj)
+        _field(draw, st.booleans(), "disabled", obj)
+        _field(draw, st.booleans(), "key", obj)
     _field(draw, reason_value(), "reason", obj)
     if draw(st.booleans()):
         _field(draw, epoch_value(), "expected_epoch", obj)
@@ -632,8 +646,12 @@ def harmful(route: str, path_args: tuple[str, ...], role: str | None, data: byte
     region, a new color, a running drill)? The guard decodes with the gateway's own
     body types, so a body it lets through is rejected by the gateway the same way."""
     from gateway.admin import ColorBody, DrillBody, ReasonBody
+    from gateway.admin_clients import NewClientBody
 
     level = ROLE_FOR.get(role or "", -1)
+    if route == "clients":  # a few fuzz clients at most: thousands would bloat the registry record
+        created = _decodes(data, NewClientBody)
+        return level >= 2 and path_args == ("",) and created is not None and created.name not in FUZZ_CLIENTS
     if route == "colors":
         return level >= 2 and _decodes(data, ColorBody) is not None
     if route == "regions":
@@ -688,8 +706,10 @@ def _strongest(tokens: dict[str, str], lines: list[tuple[str, bytes]]) -> str | 
     return best
 
 
-ADMIN_READS = ("status", "whoami", "audit", "route", "drill", "events")
-ADMIN_WRITES = ("switch", "rollback", "canary", "colors", "regions", "drills")
+ADMIN_READS = ("status", "whoami", "audit", "route", "drill", "events", "clients-list")
+ADMIN_WRITES = ("switch", "rollback", "canary", "colors", "regions", "drills", "clients")
+FUZZ_CLIENTS = ("fuzz-a", "fuzz-b")
+CLIENT_PATHS_ADMIN = ("", "/{name}", "/{name}/keys", "/{name}/keys/{key}/revoke", "/{name}/revoke", "/{name}/x")
 
 COUNT_VALUES = ("50", "1", "0", "-1", "1000", "1001", "1e3", "1.0", "", " 5", "5 ", "0x10", "1_000", "\u0665",
                 "\uff15", "9" * 5000, "nan", "%ff", "10&count=20", "abc")
@@ -735,13 +755,19 @@ def admin_requests(draw: st.DrawFn, tokens: dict[str, str]) -> Request:
                                                         st.text(min_size=1, max_size=20).map(_segment),
                                                         st.sampled_from(["%ff", "%00", "..", "x" * 5000])))
         else:
-            path = f"/admin/v1/{route}"
+            path = "/admin/v1/" + route.removesuffix("-list")
         if method != "GET" and draw(st.booleans()):
             body = draw(admin_body("switch"))
     elif route in ADMIN_WRITES:
         method = "POST" if draw(st.integers(0, 14)) else draw(st.sampled_from(["GET", "PUT", "DELETE", "PATCH", "HEAD"]))
-        wanted = "admin" if route == "colors" else "operator"
-        if route == "colors":
+        wanted = "admin" if route in ("colors", "clients") else "operator"
+        if route == "clients":
+            name = draw(st.one_of(st.sampled_from([*FUZZ_CLIENTS, "nobody", "%ff", "%00", "x" * 300]),
+                                  st.text(min_size=1, max_size=10).map(_segment)))
+            key = draw(st.one_of(st.from_regex(r"\A[0-9a-f]{8}\Z"), st.sampled_from(["file0", "%ff", ""])))
+            suffix = draw(st.sampled_from(CLIENT_PATHS_ADMIN)).format(name=name, key=key)
+            args, path = (suffix,), "/admin/v1/clients" + suffix
+        elif route == "colors":
             color = draw(st.one_of(st.sampled_from(["blue", "green", "red", "BLUE", "%ff", "%00", "x" * 300]),
                                    st.text(min_size=1, max_size=10).map(_segment)))
             args, path = (color,), f"/admin/v1/colors/{color}"
@@ -766,6 +792,8 @@ def admin_requests(draw: st.DrawFn, tokens: dict[str, str]) -> Request:
     data = body.data
     if route in ADMIN_WRITES and method == "POST":
         plain = tuple(unquote(a) for a in args)
+        if route == "clients":
+            plain = ("" if args == ("",) else "other",)
         if harmful(route, plain, role, data) or harmful(route, plain, _strongest(tokens, auth + headers), data):
             # A valid change that would break the world: one unknown field makes the gateway refuse it.
             data = data[:-1] + b', "fuzz-unknown-field": 1}' if data and data.endswith(b"}") else b"[]"
