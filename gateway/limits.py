@@ -100,6 +100,7 @@ class Limiter:
         self._local = MemoryStore(clock)  # the fallback buckets
         self._local_until = 0.0
         self._in_flight: dict[str, int] = {}
+        self._day, self._midnight = "", 0.0
 
     # -- the three checks a call passes ----------------------------------------------------
 
@@ -120,8 +121,7 @@ class Limiter:
             await self._take(client, _Spec("items", f"{self._prefix}{client}:items", int(limits.items_per_s * MILLI),
                                            int(burst * MILLI), 2 * burst / limits.items_per_s + 1), cost)
         if limits.daily_quota:
-            day = datetime.now(UTC)
-            await self._take(client, _Spec("daily-quota", f"{self._prefix}{client}:quota:{day:%Y%m%d}", 0,
+            await self._take(client, _Spec("daily-quota", f"{self._prefix}{client}:quota:{self._today()}", 0,
                                            int(limits.daily_quota * MILLI), 2 * 86_400), cost)
 
     def enter(self, client: str, limits: Limits) -> bool:
@@ -140,6 +140,14 @@ class Limiter:
             self._in_flight[client] = held
         else:
             self._in_flight.pop(client, None)
+
+    def _today(self) -> str:
+        """The UTC day (YYYYMMDD) that names today's quota buckets; recomputed at midnight only."""
+        if time.time() >= self._midnight:
+            now = datetime.now(UTC)
+            self._day = f"{now:%Y%m%d}"
+            self._midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+        return self._day
 
     @property
     def local(self) -> bool:
@@ -174,23 +182,22 @@ class Limiter:
     async def _take_shared(self, spec: _Spec, want: int, need: int) -> Taken:
         if not self.local:
             try:
-                return await self._store.take(spec.key, spec.rate, spec.burst, want, need, spec.ttl_s)
+                taken = await self._store.take(spec.key, spec.rate, spec.burst, want, need, spec.ttl_s)
             except StoreUnavailable as exc:
-                if not self.local:
-                    log.warning("limits fall back to this gateway's own buckets (x%.2f) for %.0f s: %s",
-                                self._factor, LOCAL_S, exc)
+                log.warning("limits fall back to this gateway's own buckets (x%.2f) for %.0f s: %s",
+                            self._factor, LOCAL_S, exc)
                 self._local_until = self._clock() + LOCAL_S
                 self._metrics.limiter_fallback.inc()
-        self._metrics.limiter_local.set(1)
+                self._metrics.limiter_local.set(1)
+            else:
+                self._metrics.limiter_local.set(0)
+                return taken
         return await self._local.take(spec.key, int(spec.rate * self._factor), max(1, int(spec.burst * self._factor)),
                                       want, need, spec.ttl_s)
 
     def _verdict(self, spec: _Spec, lease: _Lease) -> Verdict:
-        if not self.local:
-            self._metrics.limiter_local.set(0)
         if spec.rate:
             reset = lease.full_ms / 1000
         else:  # the quota: it is full again at the next UTC midnight
-            now = datetime.now(UTC)
-            reset = ((now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0) - now).total_seconds()
+            reset = self._midnight - time.time()
         return Verdict(spec.scope, spec.burst / MILLI, (lease.left + lease.tokens) / MILLI, reset)
