@@ -16,6 +16,7 @@ client's limits times ``limit_fallback_factor`` (fail open with a local cap), co
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -69,23 +70,29 @@ class RateLimited(GeogateError):
         return {"Retry-After": str(self.retry_after_s), **(self.verdict.headers() if self.verdict else {})}
 
 
-@dataclass
-class _Lease:
-    tokens: int = 0
-    expires: float = 0.0
-    demand: float = 0.0  # tokens a second spent here lately (an EWMA)
-    last: float = 0.0
-    left: int = 0  # the shared bucket's tokens at the last take
-    full_ms: int = 0
+@dataclass(slots=True, eq=False)
+class _Bucket:
+    """One client's bucket of one scope as this gateway sees it: the shared bucket's
+    address and size, and the lease of its tokens held here."""
 
-
-@dataclass(frozen=True, slots=True)
-class _Spec:
     scope: str
     key: str
     rate: int  # milli-tokens a second (0: no refill, the quota)
     burst: int  # milli-tokens
     ttl_s: float
+    tokens: int = 0  # the lease: milli-tokens taken from the shared bucket, not yet spent
+    expires: float = 0.0
+    demand: float = 0.0  # milli-tokens a second spent here lately (exponentially weighted)
+    last: float = 0.0
+    left: int = 0  # the shared bucket's tokens at the last take
+    full_ms: int = 0
+    wait_ms: int = 0
+    refused_until: float = 0.0  # the store said no tokens before then: refuse here, without asking
+    refill: asyncio.Task[None] | None = None  # at most one take from the store at a time
+
+    def lease_size(self, cost: int) -> int:
+        """About LEASE_S of recent demand, at least one call's cost, at most a quarter of the bucket."""
+        return int(min(max(cost, self.demand * LEASE_S), max(cost, self.burst / 4)))
 
 
 class Limiter:
@@ -96,7 +103,7 @@ class Limiter:
         self._metrics = metrics
         self._factor = fallback_factor
         self._clock = clock
-        self._leases: dict[str, _Lease] = {}
+        self._buckets: dict[tuple[str, str, float, float], _Bucket] = {}
         self._local = MemoryStore(clock)  # the fallback buckets
         self._local_until = 0.0
         self._in_flight: dict[str, int] = {}
@@ -108,24 +115,21 @@ class Limiter:
         """One call; raises RateLimited. Returns the request bucket's state, if limited."""
         if not limits.rps:
             return None
-        burst = limits.burst or max(1.0, limits.rps)
-        spec = _Spec("requests", f"{self._prefix}{client}:requests", int(limits.rps * MILLI), int(burst * MILLI),
-                     2 * burst / limits.rps + 1)
-        return await self._take(client, spec, MILLI)
+        bucket = self._bucket(client, "requests", limits.rps, limits.burst)
+        await self._spend(client, bucket, MILLI)
+        return self._verdict(bucket)
 
     async def charge(self, client: str, limits: Limits, items: float) -> None:
         """``items`` (hits already discounted) against the item rate and the daily quota."""
         cost = max(1, int(items * MILLI))
         if limits.items_per_s:
-            burst = limits.items_burst or max(1.0, limits.items_per_s)
-            await self._take(client, _Spec("items", f"{self._prefix}{client}:items", int(limits.items_per_s * MILLI),
-                                           int(burst * MILLI), 2 * burst / limits.items_per_s + 1), cost)
+            await self._spend(client, self._bucket(client, "items", limits.items_per_s, limits.items_burst), cost)
         if limits.daily_quota:
-            await self._take(client, _Spec("daily-quota", f"{self._prefix}{client}:quota:{self._today()}", 0,
-                                           int(limits.daily_quota * MILLI), 2 * 86_400), cost)
+            await self._spend(client, self._bucket(client, "daily-quota", 0.0, limits.daily_quota), cost)
 
     def enter(self, client: str, limits: Limits) -> bool:
-        """Takes a slot of the client's calls in flight here; False when it has none left."""
+        """Takes a slot of the client's calls in flight here (True) or raises RateLimited;
+        False when the client has no cap."""
         if not limits.max_concurrent:
             return False
         held = self._in_flight.get(client, 0)
@@ -141,6 +145,26 @@ class Limiter:
         else:
             self._in_flight.pop(client, None)
 
+    @property
+    def local(self) -> bool:
+        return self._clock() < self._local_until
+
+    # -- buckets and leases ------------------------------------------------------------------
+
+    def _bucket(self, client: str, scope: str, rate: float, burst: float) -> _Bucket:
+        """The bucket, made on first use and again when the client's limits or the day change."""
+        day = self._today() if scope == "daily-quota" else ""
+        found = self._buckets.get((client, scope + day, rate, burst))
+        if found is None:
+            if rate:
+                burst = burst or max(1.0, rate)  # no burst given: one second's worth
+                key, ttl = f"{self._prefix}{client}:{scope}", 2 * burst / rate + 1
+            else:  # the daily quota: no refill, a bucket per UTC day
+                key, ttl = f"{self._prefix}{client}:quota:{day}", 2 * 86_400
+            found = self._buckets[(client, scope + day, rate, burst)] = _Bucket(
+                scope, key, int(rate * MILLI), int(burst * MILLI), ttl, last=self._clock())
+        return found
+
     def _today(self) -> str:
         """The UTC day (YYYYMMDD) that names today's quota buckets; recomputed at midnight only."""
         if time.time() >= self._midnight:
@@ -149,40 +173,56 @@ class Limiter:
             self._midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
         return self._day
 
-    @property
-    def local(self) -> bool:
-        return self._clock() < self._local_until
-
-    # -- leases ------------------------------------------------------------------------------
-
-    async def _take(self, client: str, spec: _Spec, cost: int) -> Verdict:
+    async def _spend(self, client: str, b: _Bucket, cost: int) -> None:
+        """``cost`` from the lease; the store is asked only when the lease runs low (in the
+        background, so that calls seldom wait on it) or runs out."""
         now = self._clock()
-        lease = self._leases.get(spec.key)
-        if lease is None:
-            lease = self._leases[spec.key] = _Lease(last=now)
-        elapsed = max(now - lease.last, 1e-3)
-        lease.demand = lease.demand * math.exp(-elapsed / LEASE_TTL_S) + cost / LEASE_TTL_S
-        lease.last = now
-        if lease.expires <= now:
-            lease.tokens = 0
-        if lease.tokens < cost:
-            want = int(min(max(cost, lease.demand * LEASE_S), max(cost, spec.burst / 4)))
-            taken = await self._take_shared(spec, want, cost - lease.tokens)
-            lease.tokens += taken.granted
-            lease.left, lease.full_ms = taken.left, taken.full_ms
-            lease.expires = now + LEASE_TTL_S
-            if lease.tokens < cost:
-                verdict = self._verdict(spec, lease)
-                self._metrics.client_throttled(client, spec.scope).inc()
-                wait_s = taken.wait_ms / 1000 if taken.wait_ms >= 0 else verdict.reset_s
-                raise RateLimited(f"client {client!r} is over its {spec.scope} limit", wait_s, verdict)
-        lease.tokens -= cost
-        return self._verdict(spec, lease)
+        b.demand = b.demand * math.exp((b.last - now) / LEASE_TTL_S) + cost / LEASE_TTL_S
+        b.last = now
+        if b.expires <= now:
+            b.tokens = 0  # unused for a second: given up, so tokens cannot pile up at one gateway
+        if b.tokens >= cost:
+            b.tokens -= cost
+            # Top the lease up ahead of need, but only for a client busy enough to spend it
+            # within its lifetime: otherwise the top-up would expire unused and count as spent.
+            size = b.lease_size(cost)
+            if b.refill is None and b.tokens < size // 2 and b.demand * LEASE_S > 2 * cost:
+                b.refill = asyncio.create_task(self._refill(b, size - b.tokens, 1))
+            return
+        if now < b.refused_until:  # the store said when tokens come back; no need to ask before
+            self._refuse(client, b, b.refused_until - now)
+        while b.tokens < cost:
+            mine = b.refill is None  # one take from the store at a time: wait for one under way
+            if mine:
+                b.refill = asyncio.ensure_future(self._refill(b, b.lease_size(cost) - b.tokens, cost - b.tokens))
+            await asyncio.shield(b.refill)  # type: ignore[arg-type]
+            if mine and b.tokens < cost:
+                wait_s = b.wait_ms / 1000 if b.wait_ms >= 0 else self._verdict(b).reset_s
+                b.refused_until = self._clock() + wait_s
+                self._refuse(client, b, wait_s)
+        b.tokens -= cost
 
-    async def _take_shared(self, spec: _Spec, want: int, need: int) -> Taken:
+    def _refuse(self, client: str, b: _Bucket, wait_s: float) -> None:
+        self._metrics.client_throttled(client, b.scope).inc()
+        raise RateLimited(f"client {client!r} is over its {b.scope} limit", wait_s, self._verdict(b))
+
+    async def _refill(self, b: _Bucket, want: int, need: int) -> None:
+        try:
+            taken = await self._take_shared(b, max(want, need), need)
+            if b.expires <= self._clock():
+                b.tokens = 0
+            b.tokens += taken.granted
+            b.left, b.full_ms, b.wait_ms = taken.left, taken.full_ms, taken.wait_ms
+            b.expires = self._clock() + LEASE_TTL_S
+        except Exception:  # a background refill must not die unseen; the next call tries again
+            log.exception("taking tokens for %s failed", b.key)
+        finally:
+            b.refill = None
+
+    async def _take_shared(self, b: _Bucket, want: int, need: int) -> Taken:
         if not self.local:
             try:
-                taken = await self._store.take(spec.key, spec.rate, spec.burst, want, need, spec.ttl_s)
+                taken = await self._store.take(b.key, b.rate, b.burst, want, need, b.ttl_s)
             except StoreUnavailable as exc:
                 log.warning("limits fall back to this gateway's own buckets (x%.2f) for %.0f s: %s",
                             self._factor, LOCAL_S, exc)
@@ -192,12 +232,9 @@ class Limiter:
             else:
                 self._metrics.limiter_local.set(0)
                 return taken
-        return await self._local.take(spec.key, int(spec.rate * self._factor), max(1, int(spec.burst * self._factor)),
-                                      want, need, spec.ttl_s)
+        return await self._local.take(b.key, int(b.rate * self._factor), max(1, int(b.burst * self._factor)),
+                                      want, need, b.ttl_s)
 
-    def _verdict(self, spec: _Spec, lease: _Lease) -> Verdict:
-        if spec.rate:
-            reset = lease.full_ms / 1000
-        else:  # the quota: it is full again at the next UTC midnight
-            reset = self._midnight - time.time()
-        return Verdict(spec.scope, spec.burst / MILLI, (lease.left + lease.tokens) / MILLI, reset)
+    def _verdict(self, b: _Bucket) -> Verdict:
+        reset = b.full_ms / 1000 if b.rate else self._midnight - time.time()  # the quota: full at UTC midnight
+        return Verdict(b.scope, b.burst / MILLI, (b.left + b.tokens) / MILLI, reset)

@@ -11,7 +11,9 @@ Runs, one after the other and each as a subprocess of its own with a time limit:
   home node behind geogate and behind nginx (passive checks: ``max_fails`` + ``backup``);
 - ``store_bench.py``: registry propagation through pub/sub, one MGET against 64 GETs;
 - ``failover_plot.py``: per-call latency through a region failure, as
-  ``tests/bench/failover-latency.png``.
+  ``tests/bench/failover-latency.png``;
+- ``access_control.py``: API-key authentication plus the shared (Redis) rate limiter
+  against the same gateway with access control off, on the miss and the hit path.
 
 Each writes its figures as JSON (``--json``); this script turns them into one report
 in which every result stands next to its baseline *measured in the same run*: on a
@@ -89,6 +91,11 @@ BENCHES = [
           ["--pre-s", "3", "--fault-s", "6", "--post-s", "6", "--png", str(PNG)],
           ["--pre-s", "2", "--fault-s", "4", "--post-s", "4", "--png", str(PNG)], 420,
           [_program("redis-server"), _module("torch", "the node extra")]),
+    Bench("access", "access_control.py", "Client access: authentication + shared limiter vs off",
+          # rounds off on, on off, ... so that drift on a shared machine hits both variants alike
+          ["--seconds", "4", "--rounds", "3"],
+          ["--seconds", "2", "--warmup", "0.5", "--rounds", "1"], 300,
+          [_program("redis-server")]),
 ]
 
 
@@ -351,6 +358,44 @@ def section_failover(d: dict[str, Any], png: Path) -> tuple[list[str], list[str]
     return lines, headline
 
 
+def section_access(d: dict[str, Any]) -> tuple[list[str], list[str]]:
+    s, p, target = d["settings"], d["paths"], d["target"]
+    lines = [
+        (f"One gateway process per variant in front of a fake node (it answers at once: the gateway is what is "
+         f"measured) and one private redis-server; {s['rounds']} round(s) of off and on alternated (off on, on off, "
+         f"...), each {s['warmup']:g} s warm-up then {s['seconds']:g} s measured with {s['connections']} connections "
+         "from a separate load process; medians over the rounds. On: an API key (`Authorization: Bearer`, from a "
+         "clients file) and the shared limiter with every bucket set (request rate, item rate, daily quota: token "
+         "buckets in Redis taken in leases), the limits high enough that nothing is refused. Baseline: the same "
+         "gateway with access control off (`allow_anonymous: true`, no limits: the limiter is never asked). Miss: "
+         "`cache_ttl_s: 0`; hit: the same request every time, answered from the cache. Gateway CPU per call comes "
+         "from `/proc` (warm-up included); its off/on is what a CPU-bound gateway with a core of its own would keep, "
+         "while the throughput ratio also carries the load process and the node, which share the cores."), "",
+        ("| path | req/s off (baseline) | req/s on | on vs off (per round) | p50 off / on | p99 off / on | "
+         "gateway CPU per call off / on (off/on) | Lua takes per 1,000 calls | target |"),
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    headline = []
+    for name, r in p.items():
+        off, on = r["off"], r["on"]
+        per = ", ".join(_num(x, 2) for x in r["round_ratios"])
+        met = "met" if r["met"] else "**not met**"
+        cpu_off, cpu_on = off["cpu_us_per_call"]["gateway"], on["cpu_us_per_call"]["gateway"]
+        lines.append(f"| {name} | {_num(off['rps'], 0)} | {_num(on['rps'], 0)} | {_ratio(r['ratio'])} ({per}) | "
+                     f"{_num(off['p50'], 2)} / {_num(on['p50'], 2, ' ms')} | "
+                     f"{_num(off['p99'], 2)} / {_num(on['p99'], 2, ' ms')} | "
+                     f"{_num(cpu_off, 0)} / {_num(cpu_on, 0, ' µs')} ({_ratio(r['gateway_cpu_ratio'])}) | "
+                     f"{_num(on['lua_takes_per_1000_calls'], 1)} | >= {target:.2f}: {met} |")
+        headline.append(f"| geogate {name} throughput, access control on | the same, access control off | "
+                        f"{_ratio(r['ratio'])} (target >= {target:.2f}: {met}) |")
+    held = sum(1 for c in d["checks"] if c["held"])
+    lines += ["", (f"Checks that the run measured what it says, {held} of {len(d['checks'])} held: the on gateway "
+                   "refused a call without the key and one with a wrong key (401), counted the calls as client "
+                   "`bench`, answered no 429 and kept its buckets in Redis, never its local fallback; the off "
+                   "gateway served the calls as `anonymous` and never asked the limiter.")]
+    return lines, headline
+
+
 def write_report(outcomes: list[Outcome], quick: bool, total_s: float, info: dict[str, str], path: Path) -> None:
     by_key = {o.bench.key: o for o in outcomes}
     cmd = "tests/bench/run_all.py" + (" --quick" if quick else "")
@@ -418,6 +463,7 @@ def write_report(outcomes: list[Outcome], quick: bool, total_s: float, info: dic
 
     add("store", "4. Registry propagation and cache lookups", section_store)
     add("failover", "5. Latency through a region failure", lambda d: section_failover(d, PNG))
+    add("access", "6. Client access control: authentication + shared limiter vs off", section_access)
 
     lines += ["## Summary", "", "Each ratio is against a baseline measured in the same run; details below.", "",
               "| result | baseline | ratio |", "| --- | --- | --- |", *headline]
