@@ -88,7 +88,7 @@ class _Bucket:
     full_ms: int = 0
     wait_ms: int = 0
     refused_until: float = 0.0  # the store said no tokens before then: refuse here, without asking
-    refill: asyncio.Task[None] | None = None  # at most one take from the store at a time
+    refill: asyncio.Future[bool] | None = None  # at most one take from the store at a time
 
     def lease_size(self, cost: int) -> int:
         """About LEASE_S of recent demand, at least one call's cost, at most a quarter of the bucket."""
@@ -188,15 +188,20 @@ class Limiter:
             size = b.lease_size(cost)
             if b.refill is None and b.tokens < size // 2 and b.demand * LEASE_S > 2 * cost:
                 b.refill = asyncio.create_task(self._refill(b, size - b.tokens, 1))
+                b.refill.add_done_callback(_log_failure)
             return
         if now < b.refused_until:  # the store said when tokens come back; no need to ask before
             self._refuse(client, b, b.refused_until - now)
         while b.tokens < cost:
-            mine = b.refill is None  # one take from the store at a time: wait for one under way
-            if mine:
-                b.refill = asyncio.ensure_future(self._refill(b, b.lease_size(cost) - b.tokens, cost - b.tokens))
-            await asyncio.shield(b.refill)  # type: ignore[arg-type]
-            if mine and b.tokens < cost:
+            refill = b.refill  # one take from the store at a time: wait for one under way
+            mine = refill is None
+            if refill is None:
+                refill = b.refill = asyncio.ensure_future(
+                    self._refill(b, b.lease_size(cost) - b.tokens, cost - b.tokens))
+            enough = await asyncio.shield(refill)
+            # Others waiting on the same take may have spent what it brought: only a take of
+            # this call's own that the store could not fill means the client is over its limit.
+            if mine and not enough:
                 wait_s = b.wait_ms / 1000 if b.wait_ms >= 0 else self._verdict(b).reset_s
                 b.refused_until = self._clock() + wait_s
                 self._refuse(client, b, wait_s)
@@ -206,18 +211,18 @@ class Limiter:
         self._metrics.client_throttled(client, b.scope).inc()
         raise RateLimited(f"client {client!r} is over its {b.scope} limit", wait_s, self._verdict(b))
 
-    async def _refill(self, b: _Bucket, want: int, need: int) -> None:
+    async def _refill(self, b: _Bucket, want: int, need: int) -> bool:
+        """Takes up to ``want`` (at least ``need``) into the lease; whether ``need`` was there."""
         try:
             taken = await self._take_shared(b, max(want, need), need)
-            if b.expires <= self._clock():
-                b.tokens = 0
-            b.tokens += taken.granted
-            b.left, b.full_ms, b.wait_ms = taken.left, taken.full_ms, taken.wait_ms
-            b.expires = self._clock() + LEASE_TTL_S
-        except Exception:  # a background refill must not die unseen; the next call tries again
-            log.exception("taking tokens for %s failed", b.key)
         finally:
             b.refill = None
+        if b.expires <= self._clock():
+            b.tokens = 0
+        b.tokens += taken.granted
+        b.left, b.full_ms, b.wait_ms = taken.left, taken.full_ms, taken.wait_ms
+        b.expires = self._clock() + LEASE_TTL_S
+        return taken.granted >= need
 
     async def _take_shared(self, b: _Bucket, want: int, need: int) -> Taken:
         if not self.local:
@@ -238,3 +243,10 @@ class Limiter:
     def _verdict(self, b: _Bucket) -> Verdict:
         reset = b.full_ms / 1000 if b.rate else self._midnight - time.time()  # the quota: full at UTC midnight
         return Verdict(b.scope, b.burst / MILLI, (b.left + b.tokens) / MILLI, reset)
+
+
+def _log_failure(task: asyncio.Future[bool]) -> None:
+    """A background top-up that failed must not fail unseen (a store outage is no failure: it
+    falls back to the local buckets)."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("topping up a lease failed", exc_info=task.exception())

@@ -283,7 +283,8 @@ def measure_path(tmp: Path, path: str, node: NodeProcess, redis_server: RedisSer
                       f"p99 {result['p99']:6.2f} ms  statuses {result['statuses']}  X-Cache {result['cache']}  "
                       f"Lua takes {result['lua_takes']}  CPU us/call {per_call}", flush=True)
         metrics = {variant: asyncio.run(gateway_metrics(url)) for variant, url in urls.items()}
-    limit_keys = sorted(k.decode() for k in r.scan_iter(match="*:limits:*"))
+        # read while the gateways run: a full rate bucket needs no key, so Redis lets it expire seconds later
+        limit_keys = sorted(k.decode() for k in r.scan_iter(match="*:limits:*"))
     return {"probes": probes, "rounds": rounds, "metrics": metrics, "limit_keys": limit_keys}
 
 
