@@ -29,12 +29,12 @@ from shared.clients import Limits
 from shared.errors import GeogateError, StoreUnavailable
 from shared.store import MemoryStore, Store, Taken
 
-__all__ = ["Limiter", "RateLimited", "Verdict"]
+__all__ = ["Bucket", "Limiter", "RateLimited", "Verdict", "rate_headers"]
 
 log = logging.getLogger("geogate.gateway.limits")
 
 MILLI = 1000  # tokens are counted in thousandths, so a cache hit can cost a fraction of an item
-LEASE_S = 0.05  # a lease holds about this much of a client's recent demand
+LEASE_S = 0.2  # a lease holds about this much of a client's recent demand
 LEASE_TTL_S = 1.0
 LOCAL_S = 5.0  # after a store error, stay on the local buckets this long before asking again
 
@@ -71,7 +71,7 @@ class RateLimited(GeogateError):
 
 
 @dataclass(slots=True, eq=False)
-class _Bucket:
+class Bucket:
     """One client's bucket of one scope as this gateway sees it: the shared bucket's
     address and size, and the lease of its tokens held here."""
 
@@ -95,6 +95,16 @@ class _Bucket:
         return int(min(max(cost, self.demand * LEASE_S), max(cost, self.burst / 4)))
 
 
+@dataclass(slots=True)
+class _ClientBuckets:
+    """A client's buckets under one set of its limits (new limits: new buckets)."""
+
+    requests: Bucket | None
+    items: Bucket | None
+    quota: Bucket | None
+    day: str  # the UTC day the quota bucket counts
+
+
 class Limiter:
     def __init__(self, store: Store, namespace: str, metrics: GatewayMetrics, *, fallback_factor: float = 1.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -103,7 +113,7 @@ class Limiter:
         self._metrics = metrics
         self._factor = fallback_factor
         self._clock = clock
-        self._buckets: dict[tuple[str, str, float, float], _Bucket] = {}
+        self._clients: dict[tuple[str, Limits], _ClientBuckets] = {}
         self._local = MemoryStore(clock)  # the fallback buckets
         self._local_until = 0.0
         self._in_flight: dict[str, int] = {}
@@ -111,21 +121,25 @@ class Limiter:
 
     # -- the three checks a call passes ----------------------------------------------------
 
-    async def admit(self, client: str, limits: Limits) -> Verdict | None:
-        """One call; raises RateLimited. Returns the request bucket's state, if limited."""
+    async def admit(self, client: str, limits: Limits) -> Bucket | None:
+        """One call; raises RateLimited. Returns the request bucket (for rate_headers), if limited."""
         if not limits.rps:
             return None
-        bucket = self._bucket(client, "requests", limits.rps, limits.burst)
-        await self._spend(client, bucket, MILLI)
-        return self._verdict(bucket)
+        bucket = self._buckets(client, limits).requests
+        assert bucket is not None
+        if not self._spend_now(bucket, MILLI):
+            await self._spend(client, bucket, MILLI)
+        return bucket
 
     async def charge(self, client: str, limits: Limits, items: float) -> None:
         """``items`` (hits already discounted) against the item rate and the daily quota."""
+        if not (limits.items_per_s or limits.daily_quota):
+            return
         cost = max(1, int(items * MILLI))
-        if limits.items_per_s:
-            await self._spend(client, self._bucket(client, "items", limits.items_per_s, limits.items_burst), cost)
-        if limits.daily_quota:
-            await self._spend(client, self._bucket(client, "daily-quota", 0.0, limits.daily_quota), cost)
+        buckets = self._buckets(client, limits)
+        for bucket in (buckets.items, buckets.quota):
+            if bucket is not None and not self._spend_now(bucket, cost):
+                await self._spend(client, bucket, cost)
 
     def enter(self, client: str, limits: Limits) -> bool:
         """Takes a slot of the client's calls in flight here (True) or raises RateLimited;
@@ -151,18 +165,26 @@ class Limiter:
 
     # -- buckets and leases ------------------------------------------------------------------
 
-    def _bucket(self, client: str, scope: str, rate: float, burst: float) -> _Bucket:
-        """The bucket, made on first use and again when the client's limits or the day change."""
-        day = self._today() if scope == "daily-quota" else ""
-        found = self._buckets.get((client, scope + day, rate, burst))
-        if found is None:
-            if rate:
-                burst = burst or max(1.0, rate)  # no burst given: one second's worth
-                key, ttl = f"{self._prefix}{client}:{scope}", 2 * burst / rate + 1
-            else:  # the daily quota: no refill, a bucket per UTC day
-                key, ttl = f"{self._prefix}{client}:quota:{day}", 2 * 86_400
-            found = self._buckets[(client, scope + day, rate, burst)] = _Bucket(
-                scope, key, int(rate * MILLI), int(burst * MILLI), ttl, last=self._clock())
+    def _buckets(self, client: str, limits: Limits) -> _ClientBuckets:
+        day = self._today() if limits.daily_quota else ""
+        found = self._clients.get((client, limits))
+        if found is None or found.day != day:  # first use, or a new UTC day for the quota
+            now = self._clock()
+
+            def bucket(scope: str, rate: float, burst: float, key: str, ttl_s: float) -> Bucket:
+                return Bucket(scope, f"{self._prefix}{client}:{key}", int(rate * MILLI), int(burst * MILLI), ttl_s,
+                              last=now)
+
+            # no burst given: one second's worth; a full bucket needs no key, so its key lives a little
+            # longer than the bucket takes to fill
+            rps, items = limits.burst or max(1.0, limits.rps), limits.items_burst or max(1.0, limits.items_per_s)
+            found = self._clients[(client, limits)] = _ClientBuckets(
+                bucket("requests", limits.rps, rps, "requests", 2 * rps / limits.rps + 1) if limits.rps else None,
+                bucket("items", limits.items_per_s, items, "items", 2 * items / limits.items_per_s + 1)
+                if limits.items_per_s else None,
+                bucket("daily-quota", 0.0, limits.daily_quota, f"quota:{day}", 2 * 86_400)
+                if limits.daily_quota else None,
+                day)
         return found
 
     def _today(self) -> str:
@@ -173,23 +195,28 @@ class Limiter:
             self._midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
         return self._day
 
-    async def _spend(self, client: str, b: _Bucket, cost: int) -> None:
-        """``cost`` from the lease; the store is asked only when the lease runs low (in the
-        background, so that calls seldom wait on it) or runs out."""
+    def _spend_now(self, b: Bucket, cost: int) -> bool:
+        """``cost`` from the lease when it holds that much (no await: the common case);
+        the store is asked in the background when the lease runs low."""
         now = self._clock()
         b.demand = b.demand * math.exp((b.last - now) / LEASE_TTL_S) + cost / LEASE_TTL_S
         b.last = now
         if b.expires <= now:
             b.tokens = 0  # unused for a second: given up, so tokens cannot pile up at one gateway
-        if b.tokens >= cost:
-            b.tokens -= cost
-            # Top the lease up ahead of need, but only for a client busy enough to spend it
-            # within its lifetime: otherwise the top-up would expire unused and count as spent.
-            size = b.lease_size(cost)
-            if b.refill is None and b.tokens < size // 2 and b.demand * LEASE_S > 2 * cost:
-                b.refill = asyncio.create_task(self._refill(b, size - b.tokens, 1))
-                b.refill.add_done_callback(_log_failure)
-            return
+        if b.tokens < cost:
+            return False
+        b.tokens -= cost
+        # Top the lease up ahead of need, but only for a client busy enough to spend it
+        # within its lifetime: otherwise the top-up would expire unused and count as spent.
+        size = b.lease_size(cost)
+        if b.refill is None and b.tokens < size // 2 and b.demand * LEASE_S > 2 * cost:
+            b.refill = asyncio.create_task(self._refill(b, size - b.tokens, 1))
+            b.refill.add_done_callback(_log_failure)
+        return True
+
+    async def _spend(self, client: str, b: Bucket, cost: int) -> None:
+        """``cost`` when the lease cannot cover it: from the store, or RateLimited."""
+        now = self._clock()
         if now < b.refused_until:  # the store said when tokens come back; no need to ask before
             self._refuse(client, b, b.refused_until - now)
         while b.tokens < cost:
@@ -207,11 +234,11 @@ class Limiter:
                 self._refuse(client, b, wait_s)
         b.tokens -= cost
 
-    def _refuse(self, client: str, b: _Bucket, wait_s: float) -> None:
+    def _refuse(self, client: str, b: Bucket, wait_s: float) -> None:
         self._metrics.client_throttled(client, b.scope).inc()
         raise RateLimited(f"client {client!r} is over its {b.scope} limit", wait_s, self._verdict(b))
 
-    async def _refill(self, b: _Bucket, want: int, need: int) -> bool:
+    async def _refill(self, b: Bucket, want: int, need: int) -> bool:
         """Takes up to ``want`` (at least ``need``) into the lease; whether ``need`` was there."""
         try:
             taken = await self._take_shared(b, max(want, need), need)
@@ -224,7 +251,7 @@ class Limiter:
         b.expires = self._clock() + LEASE_TTL_S
         return taken.granted >= need
 
-    async def _take_shared(self, b: _Bucket, want: int, need: int) -> Taken:
+    async def _take_shared(self, b: Bucket, want: int, need: int) -> Taken:
         if not self.local:
             try:
                 taken = await self._store.take(b.key, b.rate, b.burst, want, need, b.ttl_s)
@@ -240,9 +267,15 @@ class Limiter:
         return await self._local.take(b.key, int(b.rate * self._factor), max(1, int(b.burst * self._factor)),
                                       want, need, b.ttl_s)
 
-    def _verdict(self, b: _Bucket) -> Verdict:
+    def _verdict(self, b: Bucket) -> Verdict:
         reset = b.full_ms / 1000 if b.rate else self._midnight - time.time()  # the quota: full at UTC midnight
         return Verdict(b.scope, b.burst / MILLI, (b.left + b.tokens) / MILLI, reset)
+
+
+def rate_headers(b: Bucket) -> dict[str, str]:
+    """X-RateLimit-* for a successful call, from the request bucket as this gateway sees it."""
+    return {"X-RateLimit-Limit": _num(b.burst / MILLI), "X-RateLimit-Remaining": str((b.left + b.tokens) // MILLI),
+            "X-RateLimit-Reset": str(-(-b.full_ms // 1000)), "X-RateLimit-Scope": b.scope}
 
 
 def _log_failure(task: asyncio.Future[bool]) -> None:

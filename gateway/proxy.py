@@ -21,7 +21,7 @@ from gateway.balancer import Balancer, Plan
 from gateway.cache import Lookup, ResultCache
 from gateway.drills import Drills
 from gateway.geo import ClientGeo, GeoResolver
-from gateway.limits import Limiter, Verdict
+from gateway.limits import Bucket, Limiter, rate_headers
 from gateway.metrics import GatewayMetrics
 from gateway.stats import StatsBook
 from gateway.upstream import Upstream
@@ -147,9 +147,9 @@ class Gateway:
             "X-Cache": route.cache,
             "X-Route": route.header,
         }
-        verdict: Verdict | None = request.get(RATE_LIMIT)
-        if verdict is not None:
-            headers.update(verdict.headers())
+        bucket: Bucket | None = request.get(RATE_LIMIT)
+        if bucket is not None:
+            headers.update(rate_headers(bucket))
         return web.Response(body=body, content_type="application/json", headers=headers)
 
 

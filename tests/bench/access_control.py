@@ -264,6 +264,7 @@ def measure_path(tmp: Path, path: str, node: NodeProcess, redis_server: RedisSer
         urls = {variant: g[0].url for variant, g in gateways.items()}
         probes = asyncio.run(probe_access(urls, key))
         rounds: dict[str, list[dict[str, Any]]] = {variant: [] for variant in VARIANTS}
+        limit_keys: set[str] = set()
         for n in range(args.rounds):
             # off on, on off, ...: a linear drift over the rounds weighs on both variants alike
             for variant in VARIANTS if n % 2 == 0 else VARIANTS[::-1]:
@@ -273,6 +274,8 @@ def measure_path(tmp: Path, path: str, node: NodeProcess, redis_server: RedisSer
                         "redis": [redis_server.proc.pid] if redis_server.proc else []}
                 takes, cpu, load_cpu = lua_takes(r), {k: cpu_s(v) for k, v in pids.items()}, children_cpu_s()
                 result = run_load(urls[variant], args, key if variant == "on" else None)
+                if variant == "on":  # at once: a full rate bucket needs no key, so Redis lets it expire seconds later
+                    limit_keys |= {k.decode() for k in r.scan_iter(match="*:limits:*")}
                 result["lua_takes"] = lua_takes(r) - takes
                 spent = {k: cpu_s(v) - cpu[k] for k, v in pids.items()} | {"load": children_cpu_s() - load_cpu}
                 result["cpu_us_per_call"] = {k: 1e6 * v / max(1, result["calls"]) for k, v in spent.items()}
@@ -283,9 +286,7 @@ def measure_path(tmp: Path, path: str, node: NodeProcess, redis_server: RedisSer
                       f"p99 {result['p99']:6.2f} ms  statuses {result['statuses']}  X-Cache {result['cache']}  "
                       f"Lua takes {result['lua_takes']}  CPU us/call {per_call}", flush=True)
         metrics = {variant: asyncio.run(gateway_metrics(url)) for variant, url in urls.items()}
-        # read while the gateways run: a full rate bucket needs no key, so Redis lets it expire seconds later
-        limit_keys = sorted(k.decode() for k in r.scan_iter(match="*:limits:*"))
-    return {"probes": probes, "rounds": rounds, "metrics": metrics, "limit_keys": limit_keys}
+    return {"probes": probes, "rounds": rounds, "metrics": metrics, "limit_keys": sorted(limit_keys)}
 
 
 def summarize(raw: dict[str, Any]) -> dict[str, Any]:
