@@ -82,23 +82,31 @@ class Bucket:
     ttl_s: float
     tokens: int = 0  # the lease: milli-tokens taken from the shared bucket, not yet spent
     expires: float = 0.0
-    demand: float = 0.0  # milli-tokens a second spent here lately (exponentially weighted)
-    last: float = 0.0
+    low: int = -1  # top the lease up in the background below this (-1: a client too quiet for that)
+    spent: int = 0  # since the last take, for the demand estimate
+    since: float = 0.0
+    demand: float = 0.0  # milli-tokens a second spent here lately
     left: int = 0  # the shared bucket's tokens at the last take
     full_ms: int = 0
     wait_ms: int = 0
     refused_until: float = 0.0  # the store said no tokens before then: refuse here, without asking
     refill: asyncio.Future[bool] | None = None  # at most one take from the store at a time
 
-    def lease_size(self, cost: int) -> int:
-        """About LEASE_S of recent demand, at least one call's cost, at most a quarter of the bucket."""
-        return int(min(max(cost, self.demand * LEASE_S), max(cost, self.burst / 4)))
+    def lease_size(self, cost: int, now: float) -> int:
+        """About LEASE_S of recent demand, at least one call's cost, at most a quarter of the
+        bucket; measured here, at each take, so the calls between pay nothing for it."""
+        if now > self.since:
+            self.demand = (self.demand + self.spent / (now - self.since)) / 2
+        self.spent, self.since = 0, now
+        # whole calls' worth: a remainder smaller than a call would sit unused in the lease
+        return cost * max(1, int(min(self.demand * LEASE_S, self.burst / 4) // cost))
 
 
 @dataclass(slots=True)
 class _ClientBuckets:
-    """A client's buckets under one set of its limits (new limits: new buckets)."""
+    """A client's buckets under one set of its limits (new limits: new buckets, new leases)."""
 
+    limits: Limits
     requests: Bucket | None
     items: Bucket | None
     quota: Bucket | None
@@ -113,7 +121,7 @@ class Limiter:
         self._metrics = metrics
         self._factor = fallback_factor
         self._clock = clock
-        self._clients: dict[tuple[str, Limits], _ClientBuckets] = {}
+        self._clients: dict[str, _ClientBuckets] = {}
         self._local = MemoryStore(clock)  # the fallback buckets
         self._local_until = 0.0
         self._in_flight: dict[str, int] = {}
@@ -167,18 +175,20 @@ class Limiter:
 
     def _buckets(self, client: str, limits: Limits) -> _ClientBuckets:
         day = self._today() if limits.daily_quota else ""
-        found = self._clients.get((client, limits))
-        if found is None or found.day != day:  # first use, or a new UTC day for the quota
+        found = self._clients.get(client)
+        # The same Limits object comes with every call of a client until its limits change
+        # (gateway/access.py builds one per registry epoch): identity first, equality after.
+        if found is None or found.day != day or (found.limits is not limits and found.limits != limits):
             now = self._clock()
 
             def bucket(scope: str, rate: float, burst: float, key: str, ttl_s: float) -> Bucket:
                 return Bucket(scope, f"{self._prefix}{client}:{key}", int(rate * MILLI), int(burst * MILLI), ttl_s,
-                              last=now)
+                              since=now)
 
             # no burst given: one second's worth; a full bucket needs no key, so its key lives a little
             # longer than the bucket takes to fill
             rps, items = limits.burst or max(1.0, limits.rps), limits.items_burst or max(1.0, limits.items_per_s)
-            found = self._clients[(client, limits)] = _ClientBuckets(
+            found = self._clients[client] = _ClientBuckets(limits,
                 bucket("requests", limits.rps, rps, "requests", 2 * rps / limits.rps + 1) if limits.rps else None,
                 bucket("items", limits.items_per_s, items, "items", 2 * items / limits.items_per_s + 1)
                 if limits.items_per_s else None,
@@ -199,18 +209,14 @@ class Limiter:
         """``cost`` from the lease when it holds that much (no await: the common case);
         the store is asked in the background when the lease runs low."""
         now = self._clock()
-        b.demand = b.demand * math.exp((b.last - now) / LEASE_TTL_S) + cost / LEASE_TTL_S
-        b.last = now
         if b.expires <= now:
             b.tokens = 0  # unused for a second: given up, so tokens cannot pile up at one gateway
         if b.tokens < cost:
             return False
         b.tokens -= cost
-        # Top the lease up ahead of need, but only for a client busy enough to spend it
-        # within its lifetime: otherwise the top-up would expire unused and count as spent.
-        size = b.lease_size(cost)
-        if b.refill is None and b.tokens < size // 2 and b.demand * LEASE_S > 2 * cost:
-            b.refill = asyncio.create_task(self._refill(b, size - b.tokens, 1))
+        b.spent += cost
+        if b.tokens < b.low and b.refill is None:
+            b.refill = asyncio.create_task(self._refill(b, cost, 1))
             b.refill.add_done_callback(_log_failure)
         return True
 
@@ -223,8 +229,7 @@ class Limiter:
             refill = b.refill  # one take from the store at a time: wait for one under way
             mine = refill is None
             if refill is None:
-                refill = b.refill = asyncio.ensure_future(
-                    self._refill(b, b.lease_size(cost) - b.tokens, cost - b.tokens))
+                refill = b.refill = asyncio.ensure_future(self._refill(b, cost, cost - b.tokens))
             enough = await asyncio.shield(refill)
             # Others waiting on the same take may have spent what it brought: only a take of
             # this call's own that the store could not fill means the client is over its limit.
@@ -233,15 +238,20 @@ class Limiter:
                 b.refused_until = self._clock() + wait_s
                 self._refuse(client, b, wait_s)
         b.tokens -= cost
+        b.spent += cost
 
     def _refuse(self, client: str, b: Bucket, wait_s: float) -> None:
         self._metrics.client_throttled(client, b.scope).inc()
         raise RateLimited(f"client {client!r} is over its {b.scope} limit", wait_s, self._verdict(b))
 
-    async def _refill(self, b: Bucket, want: int, need: int) -> bool:
-        """Takes up to ``want`` (at least ``need``) into the lease; whether ``need`` was there."""
+    async def _refill(self, b: Bucket, cost: int, need: int) -> bool:
+        """Fills the lease up to its size (at least ``need`` more); whether ``need`` was there."""
+        size = b.lease_size(cost, self._clock())
+        # Top-ups ahead of need only for a client busy enough to spend them within the
+        # lease's lifetime: otherwise they would expire unused and count as spent.
+        b.low = size // 2 if b.demand * LEASE_S > 2 * cost else -1
         try:
-            taken = await self._take_shared(b, max(want, need), need)
+            taken = await self._take_shared(b, max(size - b.tokens, need), need)
         finally:
             b.refill = None
         if b.expires <= self._clock():

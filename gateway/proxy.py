@@ -236,7 +236,9 @@ async def _serve(request: web.Request, task: _Task[I, R], body_type: type[B], it
     request[CALLER] = UNIDENTIFIED
     caller = request[CALLER] = gw.access.identify(request)
     gw.access.authorize(caller, task.name)
-    request[RATE_LIMIT] = await gw.limiter.admit(caller.name, caller.limits)
+    bucket = await gw.limiter.admit(caller.name, caller.limits)
+    if gw.config.rate_limit_headers == "always":
+        request[RATE_LIMIT] = bucket
     slot = gw.limiter.enter(caller.name, caller.limits)
     try:
         body = decode(await read_body(request, gw.config.max_body_bytes), body_type)

@@ -193,6 +193,8 @@ class GatewayConfig:
     client_items_burst: float = _opt(0.0, "default items allowed at once above the item rate (0: one second's worth)")
     client_daily_quota: float = _opt(0.0, "default items per client per UTC day (0: none)")
     client_max_concurrent: int = _opt(0, "default calls one client may have in flight at this gateway (0: any)")
+    rate_limit_headers: str = _opt("always", "X-RateLimit-* on every answer of a rate-limited client (always) "
+                                   "or only on its 429s (refusals: a little cheaper per call)")
     cache_hit_cost: float = _opt(0.1, "what an item served from the cache counts against item rates and quotas")
     limit_fallback_factor: float = _opt(1.0, "while the store is unreachable, each gateway alone enforces the "
                                         "limits times this (fail open with a local cap)")
@@ -208,6 +210,7 @@ class GatewayConfig:
                      "unhealthy_after", "eject_after", "default_deadline_ms"):
             _check(getattr(self, name) > 0, name, "must be positive")
         _check(0 <= self.max_ejection_percent <= 100, "max_ejection_percent", "must be within 0..100")
+        _check(self.rate_limit_headers in ("always", "refusals"), "rate_limit_headers", "must be always or refusals")
         _check(self.client_ca is None or self.tls_cert is not None, "client_ca", "mutual TLS needs tls_cert and tls_key")
         for name in ("client_rps", "client_burst", "client_items_per_s", "client_items_burst", "client_daily_quota",
                      "client_max_concurrent", "cache_hit_cost", "limit_fallback_factor"):
