@@ -80,7 +80,7 @@ class Access:
                     if not key.revoked:
                         expires = datetime.fromisoformat(key.expires_at).timestamp() if key.expires_at else math.inf
                         book.keys[key.sha256] = (_with_via(caller, f"key:{key.id}"), expires)
-                for name in (client.name, *client.cert_names):  # a certificate named like the client is its
+                for name in (client.name, *client.cert_names):  # a certificate CN that is the name identifies it too
                     book.certs[name] = _with_via(caller, f"cert:{name}")
             self._book = book
         return self._book

@@ -3,11 +3,13 @@ per-gateway cap on calls in flight.
 
 Rates and the quota are token buckets in the registry's store (one Lua script per take,
 on the store's clock), so a client gets the same limit whichever gateway it reaches. A
-gateway does not ask the store on every call: it takes a small lease of tokens (what the
-client used in the last 50 ms here, at most a quarter of the bucket) and spends it
-locally, so the store sees a fraction of the calls while the sum over every gateway
-still never exceeds what the shared bucket handed out: rate x time + burst. A lease
-unused for a second is dropped, so tokens cannot pile up at one gateway.
+gateway does not ask the store on every call: it takes a small lease of tokens (about
+200 ms of what the client spends here, at most a quarter of the bucket), spends it
+locally and, for a busy client, tops it up in the background before it runs out, so the
+store sees a few takes per thousand calls while the sum over every gateway never exceeds
+what the shared bucket handed out: rate x time + burst. A lease unused for a second is
+dropped, so tokens cannot pile up at one gateway; a refusal is answered here until the
+store said tokens come back.
 
 When the store is unreachable each gateway falls back to a bucket of its own with the
 client's limits times ``limit_fallback_factor`` (fail open with a local cap), counted in
@@ -187,14 +189,16 @@ class Limiter:
 
             # no burst given: one second's worth; a full bucket needs no key, so its key lives a little
             # longer than the bucket takes to fill
-            rps, items = limits.burst or max(1.0, limits.rps), limits.items_burst or max(1.0, limits.items_per_s)
-            found = self._clients[client] = _ClientBuckets(limits,
-                bucket("requests", limits.rps, rps, "requests", 2 * rps / limits.rps + 1) if limits.rps else None,
-                bucket("items", limits.items_per_s, items, "items", 2 * items / limits.items_per_s + 1)
+            calls, items = limits.burst or max(1.0, limits.rps), limits.items_burst or max(1.0, limits.items_per_s)
+            found = self._clients[client] = _ClientBuckets(
+                limits=limits,
+                requests=bucket("requests", limits.rps, calls, "requests", 2 * calls / limits.rps + 1)
+                if limits.rps else None,
+                items=bucket("items", limits.items_per_s, items, "items", 2 * items / limits.items_per_s + 1)
                 if limits.items_per_s else None,
-                bucket("daily-quota", 0.0, limits.daily_quota, f"quota:{day}", 2 * 86_400)
+                quota=bucket("daily-quota", 0.0, limits.daily_quota, f"quota:{day}", 2 * 86_400)
                 if limits.daily_quota else None,
-                day)
+                day=day)
         return found
 
     def _today(self) -> str:

@@ -56,7 +56,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -72,12 +71,14 @@ from gateway_overhead import (
     HOME,
     _finish,
     _fmt,
+    _load,
     _no_nan,
     _percentile,
     _run_loop,
     gateway_config,
     init_registry,
     node_identity,
+    print_result,
     start_gateways,
     start_node,
     wait_gateways,
@@ -96,49 +97,6 @@ VARIANTS = ("off", "on")
 
 
 # -- the load process ----------------------------------------------------------------------
-
-async def _load(url: str, connections: int, seconds: float, warmup: float, key: str | None) -> dict[str, Any]:
-    """gateway_overhead's load (same body, back to back, warm-up then measured), with the key sent."""
-    latencies: list[float] = []
-    statuses: dict[str, int] = {}
-    cache: dict[str, int] = {}
-    warmup_calls = 0
-    headers = {"Content-Type": "application/json"}
-    if key is not None:
-        headers["Authorization"] = f"Bearer {key}"
-    timeout = aiohttp.ClientTimeout(total=30)
-
-    async def client(session: aiohttp.ClientSession, stop_at: float, measure: bool) -> None:
-        while (sent := time.monotonic()) < stop_at:
-            try:
-                async with session.post(url + "/v1/similarity", data=BODY, headers=headers) as resp:
-                    await resp.read()
-                    status, hit = resp.status, resp.headers.get("X-Cache")
-                    failure = ""
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                status, hit, failure = 0, None, type(exc).__name__
-            answered = time.monotonic()
-            if not measure:
-                nonlocal warmup_calls
-                warmup_calls += 1
-                continue
-            name = str(status) if status else failure
-            statuses[name] = statuses.get(name, 0) + 1
-            if hit is not None:
-                cache[hit] = cache.get(hit, 0) + 1
-            if status == 200:
-                latencies.append(answered - sent)
-
-    connector = aiohttp.TCPConnector(limit=connections)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        stop_at = time.monotonic() + warmup
-        await asyncio.gather(*(client(session, stop_at, False) for _ in range(connections)))
-        started = time.monotonic()
-        await asyncio.gather(*(client(session, started + seconds, True) for _ in range(connections)))
-        elapsed = time.monotonic() - started
-    return {"ok": len(latencies), "seconds": elapsed, "statuses": statuses, "cache": cache,
-            "warmup_calls": warmup_calls, "latencies_ms": [round(x * 1000, 4) for x in latencies]}
-
 
 def run_load(url: str, args: argparse.Namespace, key: str | None) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--load", url, "--connections", str(args.connections),
@@ -382,8 +340,9 @@ def main() -> None:
     parser.add_argument("--load", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.load:
-        result = _run_loop(_load(args.load, args.connections, args.seconds, args.warmup, os.environ.get(KEY_ENV)))
-        print(json.dumps(result))
+        key = os.environ.get(KEY_ENV)
+        print_result(_run_loop(_load(args.load, args.connections, args.seconds, args.warmup, False,
+                                     {"Authorization": f"Bearer {key}"} if key else None)))
         return
 
     key = f"gg_bench000_{secrets.token_urlsafe(24)}"  # a throwaway key: only its hash goes to the gateway

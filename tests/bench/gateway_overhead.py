@@ -251,18 +251,21 @@ async def wait_gateways(gateways: list[GatewayProcess]) -> None:
 
 # -- the load process ----------------------------------------------------------------------
 
-async def _load(url: str, connections: int, seconds: float, warmup: float, trace: bool) -> dict[str, object]:
+async def _load(url: str, connections: int, seconds: float, warmup: float, trace: bool,
+                extra_headers: dict[str, str] | None = None) -> dict[str, object]:
     """``connections`` clients posting the same body back to back: warm-up, then measured.
 
     With ``trace`` every measured call is returned as (sent, answered, status, X-Region)
     on CLOCK_MONOTONIC (shared by all processes), and a line ``measuring`` is printed when
-    the measured phase starts.
+    the measured phase starts. ``warmup_calls`` counts the calls of the warm-up (CPU time
+    read from outside covers them too).
     """
     latencies: list[float] = []
     events: list[tuple[float, float, int, str]] = []
     statuses: dict[str, int] = {}
     cache: dict[str, int] = {}
-    headers = {"Content-Type": "application/json"}
+    warmup_calls = 0
+    headers = {"Content-Type": "application/json", **(extra_headers or {})}
     timeout = aiohttp.ClientTimeout(total=30)
 
     async def client(session: aiohttp.ClientSession, stop_at: float, measure: bool) -> None:
@@ -275,6 +278,8 @@ async def _load(url: str, connections: int, seconds: float, warmup: float, trace
                 status, region, hit = 0, type(exc).__name__, None
             answered = time.monotonic()
             if not measure:
+                nonlocal warmup_calls
+                warmup_calls += 1
                 continue
             key = str(status) if status else region
             statuses[key] = statuses.get(key, 0) + 1
@@ -295,7 +300,15 @@ async def _load(url: str, connections: int, seconds: float, warmup: float, trace
         await asyncio.gather(*(client(session, started + seconds, True) for _ in range(connections)))
         elapsed = time.monotonic() - started
     return {"ok": len(latencies), "seconds": elapsed, "statuses": statuses, "cache": cache,
-            "latencies_ms": [round(x * 1000, 4) for x in latencies], "events": events}
+            "warmup_calls": warmup_calls, "latencies_ms": [round(x * 1000, 4) for x in latencies], "events": events}
+
+
+def print_result(result: object) -> None:
+    """The load process's answer, as one JSON line on stdout. The event loop may have left
+    stdout non-blocking; a line larger than the pipe would then be cut short (seen: at
+    128 KiB), so it is made blocking first."""
+    os.set_blocking(sys.stdout.fileno(), True)
+    print(json.dumps(result), flush=True)
 
 
 def _load_cmd(url: str, connections: int, seconds: float, warmup: float, trace: bool = False) -> list[str]:
@@ -465,8 +478,7 @@ def main() -> None:
         _run_loop(_fake_node(args.fake_node, args.fake_region, FAKE_VERSION))
         return
     if args.load:
-        result = _run_loop(_load(args.load, args.connections, args.seconds, args.warmup, args.trace))
-        print(json.dumps(result))
+        print_result(_run_loop(_load(args.load, args.connections, args.seconds, args.warmup, args.trace)))
         return
     if not Path(NGINX).exists():
         sys.exit(f"{NGINX} is not installed")
