@@ -31,7 +31,7 @@ from shared.clients import Limits
 from shared.errors import GeogateError, StoreUnavailable
 from shared.store import MemoryStore, Store, Taken
 
-__all__ = ["Bucket", "Limiter", "RateLimited", "Verdict", "rate_headers"]
+__all__ = ["Bucket", "ClientBuckets", "Limiter", "RateLimited", "Verdict", "rate_headers"]
 
 log = logging.getLogger("geogate.gateway.limits")
 
@@ -93,6 +93,10 @@ class Bucket:
     wait_ms: int = 0
     refused_until: float = 0.0  # the store said no tokens before then: refuse here, without asking
     refill: asyncio.Future[bool] | None = None  # at most one take from the store at a time
+    limit_text: str = ""  # the bucket's size as X-RateLimit-Limit says it
+
+    def __post_init__(self) -> None:
+        self.limit_text = _num(self.burst / MILLI)
 
     def lease_size(self, cost: int, now: float) -> int:
         """About LEASE_S of recent demand, at least one call's cost, at most a quarter of the
@@ -105,7 +109,7 @@ class Bucket:
 
 
 @dataclass(slots=True)
-class _ClientBuckets:
+class ClientBuckets:
     """A client's buckets under one set of its limits (new limits: new buckets, new leases)."""
 
     limits: Limits
@@ -123,7 +127,7 @@ class Limiter:
         self._metrics = metrics
         self._factor = fallback_factor
         self._clock = clock
-        self._clients: dict[str, _ClientBuckets] = {}
+        self._clients: dict[str, ClientBuckets] = {}
         self._local = MemoryStore(clock)  # the fallback buckets
         self._local_until = 0.0
         self._in_flight: dict[str, int] = {}
@@ -131,22 +135,22 @@ class Limiter:
 
     # -- the three checks a call passes ----------------------------------------------------
 
-    async def admit(self, client: str, limits: Limits) -> Bucket | None:
-        """One call; raises RateLimited. Returns the request bucket (for rate_headers), if limited."""
-        if not limits.rps:
+    async def admit(self, client: str, limits: Limits) -> ClientBuckets | None:
+        """One call against the request rate (raises RateLimited); the client's buckets for
+        ``charge`` and ``rate_headers``, or None for a client without shared limits."""
+        if not (limits.rps or limits.items_per_s or limits.daily_quota):
             return None
-        bucket = self._buckets(client, limits).requests
-        assert bucket is not None
-        if not self._spend_now(bucket, MILLI):
+        buckets = self._buckets(client, limits)
+        bucket = buckets.requests
+        if bucket is not None and not self._spend_now(bucket, MILLI):
             await self._spend(client, bucket, MILLI)
-        return bucket
+        return buckets
 
-    async def charge(self, client: str, limits: Limits, items: float) -> None:
+    async def charge(self, client: str, buckets: ClientBuckets | None, items: float) -> None:
         """``items`` (hits already discounted) against the item rate and the daily quota."""
-        if not (limits.items_per_s or limits.daily_quota):
+        if buckets is None:
             return
         cost = max(1, int(items * MILLI))
-        buckets = self._buckets(client, limits)
         for bucket in (buckets.items, buckets.quota):
             if bucket is not None and not self._spend_now(bucket, cost):
                 await self._spend(client, bucket, cost)
@@ -175,7 +179,7 @@ class Limiter:
 
     # -- buckets and leases ------------------------------------------------------------------
 
-    def _buckets(self, client: str, limits: Limits) -> _ClientBuckets:
+    def _buckets(self, client: str, limits: Limits) -> ClientBuckets:
         day = self._today() if limits.daily_quota else ""
         found = self._clients.get(client)
         # The same Limits object comes with every call of a client until its limits change
@@ -190,7 +194,7 @@ class Limiter:
             # no burst given: one second's worth; a full bucket needs no key, so its key lives a little
             # longer than the bucket takes to fill
             calls, items = limits.burst or max(1.0, limits.rps), limits.items_burst or max(1.0, limits.items_per_s)
-            found = self._clients[client] = _ClientBuckets(
+            found = self._clients[client] = ClientBuckets(
                 limits=limits,
                 requests=bucket("requests", limits.rps, calls, "requests", 2 * calls / limits.rps + 1)
                 if limits.rps else None,
@@ -286,10 +290,14 @@ class Limiter:
         return Verdict(b.scope, b.burst / MILLI, (b.left + b.tokens) / MILLI, reset)
 
 
-def rate_headers(b: Bucket) -> dict[str, str]:
+def rate_headers(buckets: ClientBuckets, headers: dict[str, str]) -> None:
     """X-RateLimit-* for a successful call, from the request bucket as this gateway sees it."""
-    return {"X-RateLimit-Limit": _num(b.burst / MILLI), "X-RateLimit-Remaining": str((b.left + b.tokens) // MILLI),
-            "X-RateLimit-Reset": str(-(-b.full_ms // 1000)), "X-RateLimit-Scope": b.scope}
+    b = buckets.requests
+    if b is not None:
+        headers["X-RateLimit-Limit"] = b.limit_text
+        headers["X-RateLimit-Remaining"] = str((b.left + b.tokens) // MILLI)
+        headers["X-RateLimit-Reset"] = str(-(-b.full_ms // 1000))
+        headers["X-RateLimit-Scope"] = b.scope
 
 
 def _log_failure(task: asyncio.Future[bool]) -> None:

@@ -21,7 +21,7 @@ from gateway.balancer import Balancer, Plan
 from gateway.cache import Lookup, ResultCache
 from gateway.drills import Drills
 from gateway.geo import ClientGeo, GeoResolver
-from gateway.limits import Bucket, Limiter, rate_headers
+from gateway.limits import ClientBuckets, Limiter, rate_headers
 from gateway.metrics import GatewayMetrics
 from gateway.stats import StatsBook
 from gateway.upstream import Upstream
@@ -147,9 +147,9 @@ class Gateway:
             "X-Cache": route.cache,
             "X-Route": route.header,
         }
-        bucket: Bucket | None = request.get(RATE_LIMIT)
-        if bucket is not None:
-            headers.update(rate_headers(bucket))
+        usage: ClientBuckets | None = request.get(RATE_LIMIT)
+        if usage is not None:
+            rate_headers(usage, headers)
         return web.Response(body=body, content_type="application/json", headers=headers)
 
 
@@ -194,7 +194,8 @@ PARSE: _Task[str, ParseResult] = _Task(
 REROUTES = 3
 
 
-async def _score(request: web.Request, caller: Caller, task: _Task[I, R], items: list[I]) -> tuple[Route, list[R]]:
+async def _score(request: web.Request, caller: Caller, usage: ClientBuckets | None, task: _Task[I, R],
+                 items: list[I]) -> tuple[Route, list[R]]:
     """Results on the version of the newest snapshot: a call whose snapshot was replaced
     by a switch while it ran is served again on the new version, so once a gateway has
     applied a switch (and said so in its heartbeat) it answers nothing on the old one."""
@@ -208,7 +209,7 @@ async def _score(request: web.Request, caller: Caller, task: _Task[I, R], items:
         nonlocal charged
         if not charged:
             charged = True
-            await gw.limiter.charge(caller.name, caller.limits, misses + (len(items) - misses) * cfg.cache_hit_cost)
+            await gw.limiter.charge(caller.name, usage, misses + (len(items) - misses) * cfg.cache_hit_cost)
 
     for _ in range(REROUTES):
         route = gw.route(request, caller, items)
@@ -236,13 +237,13 @@ async def _serve(request: web.Request, task: _Task[I, R], body_type: type[B], it
     request[CALLER] = UNIDENTIFIED
     caller = request[CALLER] = gw.access.identify(request)
     gw.access.authorize(caller, task.name)
-    bucket = await gw.limiter.admit(caller.name, caller.limits)
+    usage = await gw.limiter.admit(caller.name, caller.limits)
     if gw.config.rate_limit_headers == "always":
-        request[RATE_LIMIT] = bucket
+        request[RATE_LIMIT] = usage
     slot = gw.limiter.enter(caller.name, caller.limits)
     try:
         body = decode(await read_body(request, gw.config.max_body_bytes), body_type)
-        route, results = await _score(request, caller, task, items(body))
+        route, results = await _score(request, caller, usage, task, items(body))
         return gw.respond(request, route, encode(answer(body, route, results)))
     finally:
         if slot:
