@@ -12,6 +12,7 @@ silently anonymous. A client may be limited to some tasks and to some regions (4
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -89,7 +90,7 @@ class Access:
         """The caller, or Unauthorized."""
         key = _presented_key(request)
         if key is not None:
-            found = self._current().keys.get(hash_key(key))
+            found = self._current().keys.get(_hash(key))
             if found is None or time.time() >= found[1]:
                 raise Unauthorized("unknown, expired or revoked API key")
             return found[0]
@@ -110,6 +111,11 @@ class Access:
         if caller.regions and self.region not in caller.regions:
             raise Forbidden(f"client {caller.name!r} may only be served in {', '.join(sorted(caller.regions))}; "
                             f"this gateway is in {self.region}")
+
+
+# The same few keys arrive on call after call: remembering their hashes saves a SHA-256
+# per call. Bounded, so a flood of made-up keys only evicts.
+_hash = functools.lru_cache(maxsize=4096)(hash_key)
 
 
 def _with_via(caller: Caller, via: str) -> Caller:
