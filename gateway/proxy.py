@@ -130,10 +130,12 @@ class Gateway:
             raise ModelError(f"node {answer.node} sent an unreadable answer: {exc}") from exc
 
     async def lookup(self, cache: ResultCache[Any, R] | None, task: str, route: Route, items: Sequence[Any],
-                     compute: Callable[[list[Any]], Awaitable[Sequence[R]]]) -> list[R]:
+                     compute: Callable[[list[Any]], Awaitable[Sequence[R]]],
+                     charge: Callable[[int], Awaitable[None]]) -> list[R]:
         if cache is None:
+            await charge(len(items))
             return list(await compute(list(items)))
-        found: Lookup[R] = await cache.lookup(route.version, items, compute)
+        found: Lookup[R] = await cache.lookup(route.version, items, compute, charge)
         self.metrics.cache_items(task, "hit").inc(found.hits)
         self.metrics.cache_items(task, "miss").inc(len(items) - found.hits)
         route.cache, route.hits = found.status, found.hits
@@ -205,7 +207,7 @@ async def _score(request: web.Request, caller: Caller, usage: ClientBuckets | No
     call_deadline = deadline(request, cfg.default_deadline_ms)
     charged = False
 
-    async def charge(misses: int) -> None:  # against the client's item rate and quota, before a node is asked
+    async def charge(misses: int) -> None:  # the client's item rate and quota, once, before a node is asked
         nonlocal charged
         if not charged:
             charged = True
@@ -215,12 +217,10 @@ async def _score(request: web.Request, caller: Caller, usage: ClientBuckets | No
         route = gw.route(request, caller, items)
 
         async def compute(misses: list[I], route: Route = route) -> list[R]:
-            await charge(len(misses))
             answer = await gw.fetch(task.path, task.request(misses), task.response, route, request, call_deadline)
             return list(answer.results)
 
-        results = await gw.lookup(task.cache(gw), task.name, route, items, compute)
-        await charge(0)
+        results = await gw.lookup(task.cache(gw), task.name, route, items, compute, charge)
         if gw.still_current(route, request, items):
             return route, results
     raise Unavailable(f"the active version changed {REROUTES} times during this call", retry_after_s=1)

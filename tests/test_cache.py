@@ -113,6 +113,33 @@ async def test_a_failed_computation_fails_its_waiters_and_is_not_cached(store: S
     assert await cache.get_many(V1, pairs(2)) == [None, None] and not cache._inflight
 
 
+async def test_a_refused_charge_is_the_callers_alone(store: Store) -> None:
+    """A client over its item limit is refused before its misses are registered, so a
+    call of another client waiting on the same misses never gets that refusal (and a
+    call that waits on another's computation is charged for its misses all the same)."""
+    cache = ResultCache.for_similarity(store)
+    model = Model()
+    model.release.clear()
+    charged: list[int] = []
+
+    async def pays(misses: int) -> None:
+        charged.append(misses)
+
+    async def refused(misses: int) -> None:
+        raise PermissionError("over its item limit")
+
+    first = asyncio.create_task(cache.lookup(V1, pairs(3), model, pays))
+    await wait_until(lambda: len(model.calls) == 1, 5, "the first call to reach the model")
+    with pytest.raises(PermissionError):
+        await cache.lookup(V1, pairs(3), model, refused)
+    waiter = asyncio.create_task(cache.lookup(V1, pairs(3), model, pays))
+    await wait_until(lambda: cache.stats.coalesced == 3, 5, "the third call to wait on the first")
+    model.release.set()
+    a, c = await asyncio.gather(first, waiter)
+    assert a.results == c.results and len(model.calls) == 1
+    assert charged == [3, 3] and not cache._inflight
+
+
 async def test_values_over_the_size_cap_are_not_cached(store: Store) -> None:
     cache = ResultCache.for_parse(store, max_value_bytes=200)
     text = "浙江省杭州市余杭区文一西路969号"
