@@ -39,6 +39,11 @@ class Caller:
     limits: Limits
     via: str = ""  # key:<id>, cert:<name> or anonymous
 
+    @property
+    def shared(self) -> bool:
+        """Whether any of its limits lives in the shared store (the limiter is asked)."""
+        return bool(self.limits.rps or self.limits.items_per_s or self.limits.daily_quota)
+
 
 UNIDENTIFIED = Caller("unidentified", frozenset(), frozenset(), Limits(), "none")  # refused with 401
 
@@ -53,6 +58,7 @@ class _Book:
 class Access:
     def __init__(self, config: GatewayConfig, watcher: RegistryWatcher, file_clients: dict[str, Client]) -> None:
         self.region = config.region
+        self._mtls = config.client_ca is not None
         self._watcher = watcher
         self._file_clients = file_clients
         self.defaults = Limits(rps=config.client_rps, burst=config.client_burst,
@@ -94,7 +100,7 @@ class Access:
             if found is None or time.time() >= found[1]:
                 raise Unauthorized("unknown, expired or revoked API key")
             return found[0]
-        names = _certificate_names(request)
+        names = _certificate_names(request) if self._mtls else []
         if names:
             certs = self._current().certs
             for name in names:

@@ -70,8 +70,9 @@ async def _middleware(request: web.Request, handler: Handler) -> web.StreamRespo
     name = resource.canonical if resource is not None else "unmatched"
     elapsed = time.perf_counter() - started
     served = route.served if route else ""
-    gw.metrics.request_count(name, str(response.status), served, route.color if route else "").inc()
-    gw.metrics.request_latency(name).observe(elapsed)
+    gw.metrics.requests.inc((name, str(response.status), served,
+                             route.color if route else ""))
+    gw.metrics.latency.observe((name,), elapsed)
     if route is not None:
         _observe(gw, route, response.status, elapsed * 1000)
     caller: Caller | None = request.get(CALLER)
@@ -99,14 +100,17 @@ def _observe(gw: Gateway, route: Route, status: int, ms: float) -> None:
         drill.observe(route.served, ok, ms)
 
 
+_STATUS_CLASS = {n: f"{n}xx" for n in range(1, 6)}
+
+
 def _observe_client(gw: Gateway, client: str, name: str, route: Route | None, status: int, elapsed: float) -> None:
     """Per calling service: calls by status class (429 on its own), items, latency, recent stats."""
     m = gw.metrics
-    m.client_request_count(client, name, "429" if status == 429 else f"{status // 100}xx").inc()
-    m.client_latency(client).observe(elapsed)
+    m.client_requests.inc((client, name, "429" if status == 429 else _STATUS_CLASS[status // 100]))
+    m.client_latency.observe((client,), elapsed)
     if route is not None and status == 200:
-        m.client_item_count(client, "hit").inc(route.hits)
-        m.client_item_count(client, "miss").inc(route.items - route.hits)
+        m.client_items.inc((client, "hit"), route.hits)
+        m.client_items.inc((client, "miss"), route.items - route.hits)
     gw.stats(f"client:{client}").record(elapsed * 1000, ok=status < 400, hit=route is not None and route.cache == "hit")
 
 

@@ -131,13 +131,14 @@ class Gateway:
 
     async def lookup(self, cache: ResultCache[Any, R] | None, task: str, route: Route, items: Sequence[Any],
                      compute: Callable[[list[Any]], Awaitable[Sequence[R]]],
-                     charge: Callable[[int], Awaitable[None]]) -> list[R]:
+                     charge: Callable[[int], Awaitable[None]] | None) -> list[R]:
         if cache is None:
-            await charge(len(items))
+            if charge is not None:
+                await charge(len(items))
             return list(await compute(list(items)))
         found: Lookup[R] = await cache.lookup(route.version, items, compute, charge)
-        self.metrics.cache_items(task, "hit").inc(found.hits)
-        self.metrics.cache_items(task, "miss").inc(len(items) - found.hits)
+        self.metrics.cache.inc((task, "hit"), found.hits)
+        self.metrics.cache.inc((task, "miss"), len(items) - found.hits)
         route.cache, route.hits = found.status, found.hits
         return found.results
 
@@ -220,7 +221,7 @@ async def _score(request: web.Request, caller: Caller, usage: ClientBuckets | No
             answer = await gw.fetch(task.path, task.request(misses), task.response, route, request, call_deadline)
             return list(answer.results)
 
-        results = await gw.lookup(task.cache(gw), task.name, route, items, compute, charge)
+        results = await gw.lookup(task.cache(gw), task.name, route, items, compute, charge if usage else None)
         if gw.still_current(route, request, items):
             return route, results
     raise Unavailable(f"the active version changed {REROUTES} times during this call", retry_after_s=1)
@@ -237,8 +238,8 @@ async def _serve(request: web.Request, task: _Task[I, R], body_type: type[B], it
     request[CALLER] = UNIDENTIFIED
     caller = request[CALLER] = gw.access.identify(request)
     gw.access.authorize(caller, task.name)
-    usage = await gw.limiter.admit(caller.name, caller.limits)
-    if gw.config.rate_limit_headers == "always":
+    usage = await gw.limiter.admit(caller.name, caller.limits) if caller.shared else None
+    if usage is not None and gw.config.rate_limit_headers == "always":
         request[RATE_LIMIT] = usage
     slot = gw.limiter.enter(caller.name, caller.limits)
     try:

@@ -52,10 +52,6 @@ class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         """These limits, with ``base``'s wherever these set none."""
         return Limits(**{f: getattr(self, f) or getattr(base, f) for f in self.__struct_fields__})
 
-    @property
-    def any(self) -> bool:
-        return any(getattr(self, f) for f in self.__struct_fields__)
-
 
 class ApiKey(msgspec.Struct, frozen=True):
     id: str
