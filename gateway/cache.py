@@ -165,22 +165,22 @@ class ResultCache(Generic[I, R]):
 
     async def lookup(
         self, model_version: str, items: Sequence[I], compute: Callable[[list[I]], Awaitable[Sequence[R]]],
-        charge: Callable[[int], Awaitable[None]] | None = None,
+        charge: Callable[[int], Awaitable[None] | None] | None = None,
     ) -> Lookup[R]:
         """Results for ``items``: hits from the store; misses computed once by ``compute``
         (which gets only the misses, each distinct input once), then cached. A miss that
         another call is already computing waits for that call instead.
 
         ``charge(misses)`` runs once the hits are known and before this call computes or
-        waits for anything: an error it raises (a client's limit) is this call's alone,
+        waits for anything (what it returns, if anything, is awaited): an error it raises (a client's limit) is this call's alone,
         whereas one raised by ``compute`` reaches the calls waiting on it too."""
         keys = [self.key(model_version, item) for item in items]
         cached = await self._get(keys)
         hits = sum(r is not None for r in cached)
         self.stats.hits += hits
         self.stats.misses += len(items) - hits
-        if charge is not None:
-            await charge(len(items) - hits)
+        if charge is not None and (pending := charge(len(items) - hits)) is not None:
+            await pending
         if hits == len(items):  # the hot path: nothing to compute or wait for
             return Lookup(cached, hits)  # type: ignore[arg-type]
         results: list[R | None] = list(cached)

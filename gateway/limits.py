@@ -22,7 +22,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -146,12 +146,20 @@ class Limiter:
             await self._spend(client, bucket, MILLI)
         return buckets
 
-    async def charge(self, client: str, buckets: ClientBuckets | None, items: float) -> None:
-        """``items`` (hits already discounted) against the item rate and the daily quota."""
-        if buckets is None:
-            return
+    def charge(self, client: str, buckets: ClientBuckets, items: float) -> Awaitable[None] | None:
+        """``items`` (hits already discounted) against the item rate and the daily quota:
+        None when the leases covered them (the common case, without a coroutine), else
+        what to await (the store, or RateLimited)."""
         cost = max(1, int(items * MILLI))
-        for bucket in (buckets.items, buckets.quota):
+        rate, quota = buckets.items, buckets.quota
+        if rate is not None and not self._spend_now(rate, cost):
+            return self._charge(client, (rate, quota), cost)
+        if quota is not None and not self._spend_now(quota, cost):
+            return self._charge(client, (quota,), cost)
+        return None
+
+    async def _charge(self, client: str, buckets: tuple[Bucket | None, ...], cost: int) -> None:
+        for bucket in buckets:
             if bucket is not None and not self._spend_now(bucket, cost):
                 await self._spend(client, bucket, cost)
 

@@ -131,10 +131,10 @@ class Gateway:
 
     async def lookup(self, cache: ResultCache[Any, R] | None, task: str, route: Route, items: Sequence[Any],
                      compute: Callable[[list[Any]], Awaitable[Sequence[R]]],
-                     charge: Callable[[int], Awaitable[None]] | None) -> list[R]:
+                     charge: Callable[[int], Awaitable[None] | None] | None) -> list[R]:
         if cache is None:
-            if charge is not None:
-                await charge(len(items))
+            if charge is not None and (pending := charge(len(items))) is not None:
+                await pending
             return list(await compute(list(items)))
         found: Lookup[R] = await cache.lookup(route.version, items, compute, charge)
         self.metrics.cache.inc((task, "hit"), found.hits)
@@ -208,11 +208,12 @@ async def _score(request: web.Request, caller: Caller, usage: ClientBuckets | No
     call_deadline = deadline(request, cfg.default_deadline_ms)
     charged = False
 
-    async def charge(misses: int) -> None:  # the client's item rate and quota, once, before a node is asked
+    def charge(misses: int) -> Awaitable[None] | None:  # the item rate and quota, once, before a node is asked
         nonlocal charged
-        if not charged:
-            charged = True
-            await gw.limiter.charge(caller.name, usage, misses + (len(items) - misses) * cfg.cache_hit_cost)
+        if charged or usage is None:
+            return None
+        charged = True
+        return gw.limiter.charge(caller.name, usage, misses + (len(items) - misses) * cfg.cache_hit_cost)
 
     for _ in range(REROUTES):
         route = gw.route(request, caller, items)

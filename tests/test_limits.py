@@ -34,6 +34,15 @@ class CountingStore(MemoryStore):
         return await super().take(key, rate, burst, want, need, ttl_s)
 
 
+async def call(limiter: Limiter, limits: Limits, items: float) -> None:
+    """One call of client "c" with ``items`` items, as the gateway makes it."""
+    buckets = await limiter.admit("c", limits)
+    assert buckets is not None
+    pending = limiter.charge("c", buckets, items)
+    if pending is not None:
+        await pending
+
+
 async def _admitted(limiter: Limiter, limits: Limits) -> bool:
     try:
         await limiter.admit("c", limits)
@@ -77,7 +86,7 @@ async def test_a_busy_client_asks_the_store_for_a_small_fraction_of_its_calls() 
     limits = Limits(rps=100_000, burst=100_000, items_per_s=1e6, items_burst=1e6, daily_quota=1e9)
     for _ in range(5000):  # 5,000 calls a second
         clock.now += 1 / 5000
-        await limiter.charge("c", await limiter.admit("c", limits), 3)
+        await call(limiter, limits, 3)
         await asyncio.sleep(0)
     assert store.takes < 5000 * 3 * 0.05, store.takes  # three buckets, under one take in twenty calls each
 
@@ -88,10 +97,10 @@ async def test_a_quiet_client_loses_none_of_its_quota_to_leases() -> None:
     limits = Limits(daily_quota=10)
     for _ in range(10):  # one item every five seconds: each lease would have expired
         clock.now += 5
-        await limiter.charge("c", await limiter.admit("c", limits), 1)
+        await call(limiter, limits, 1)
         await asyncio.sleep(0)
     with pytest.raises(RateLimited) as refused:
-        await limiter.charge("c", await limiter.admit("c", limits), 1)
+        await call(limiter, limits, 1)
     assert refused.value.verdict is not None and refused.value.verdict.scope == "daily-quota"
     assert refused.value.verdict.remaining == 0
 
@@ -117,7 +126,7 @@ async def test_calls_racing_for_one_lease_are_never_refused_while_the_bucket_has
     async def caller() -> None:
         for _ in range(300):
             await limiter.admit("c", limits)
-            await limiter.charge("c", await limiter.admit("c", limits), 1)
+            await call(limiter, limits, 1)
             await asyncio.sleep(0)
 
     try:
