@@ -135,16 +135,15 @@ class Limiter:
 
     # -- the three checks a call passes ----------------------------------------------------
 
-    async def admit(self, client: str, limits: Limits) -> ClientBuckets | None:
-        """One call against the request rate (raises RateLimited); the client's buckets for
-        ``charge`` and ``rate_headers``, or None for a client without shared limits."""
-        if not (limits.rps or limits.items_per_s or limits.daily_quota):
-            return None
+    def admit(self, client: str, limits: Limits) -> tuple[ClientBuckets, Awaitable[None] | None]:
+        """One call against the request rate: the client's buckets (for ``charge`` and
+        ``rate_headers``) and, when the lease could not cover the call, what to await (the
+        store, or RateLimited). Only for a client with shared limits (``Caller.shared``)."""
         buckets = self._buckets(client, limits)
         bucket = buckets.requests
         if bucket is not None and not self._spend_now(bucket, MILLI):
-            await self._spend(client, bucket, MILLI)
-        return buckets
+            return buckets, self._spend(client, bucket, MILLI)
+        return buckets, None
 
     def charge(self, client: str, buckets: ClientBuckets, items: float) -> Awaitable[None] | None:
         """``items`` (hits already discounted) against the item rate and the daily quota:
@@ -299,13 +298,13 @@ class Limiter:
 
 
 def rate_headers(buckets: ClientBuckets, headers: dict[str, str]) -> None:
-    """X-RateLimit-* for a successful call, from the request bucket as this gateway sees it."""
+    """X-RateLimit-* for a successful call, from the request bucket as this gateway sees it
+    (X-RateLimit-Scope only comes with a 429: on success it is always the request rate)."""
     b = buckets.requests
     if b is not None:
         headers["X-RateLimit-Limit"] = b.limit_text
         headers["X-RateLimit-Remaining"] = str((b.left + b.tokens) // MILLI)
         headers["X-RateLimit-Reset"] = str(-(-b.full_ms // 1000))
-        headers["X-RateLimit-Scope"] = b.scope
 
 
 def _log_failure(task: asyncio.Future[bool]) -> None:

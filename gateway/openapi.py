@@ -35,7 +35,7 @@ _RATE_HEADERS = {name: {"schema": {"type": "string"}, "description": text} for n
     ("X-RateLimit-Limit", "the bucket's size (calls, or items for the items and daily-quota scopes)"),
     ("X-RateLimit-Remaining", "what is left of it (approximate: gateways take tokens in small leases)"),
     ("X-RateLimit-Reset", "seconds until the bucket is full again"),
-    ("X-RateLimit-Scope", "requests, items or daily-quota"))}
+    ("X-RateLimit-Scope", "on a 429: requests, items or daily-quota"))}
 
 
 def _document() -> dict[str, Any]:

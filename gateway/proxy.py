@@ -239,9 +239,13 @@ async def _serve(request: web.Request, task: _Task[I, R], body_type: type[B], it
     request[CALLER] = UNIDENTIFIED
     caller = request[CALLER] = gw.access.identify(request)
     gw.access.authorize(caller, task.name)
-    usage = await gw.limiter.admit(caller.name, caller.limits) if caller.shared else None
-    if usage is not None and gw.config.rate_limit_headers == "always":
-        request[RATE_LIMIT] = usage
+    usage = None
+    if caller.shared:
+        usage, pending = gw.limiter.admit(caller.name, caller.limits)
+        if pending is not None:
+            await pending
+        if gw.config.rate_limit_headers == "always":
+            request[RATE_LIMIT] = usage
     slot = gw.limiter.enter(caller.name, caller.limits)
     try:
         body = decode(await read_body(request, gw.config.max_body_bytes), body_type)

@@ -134,6 +134,8 @@ def test_a_drain_shows_within_seconds(browser: Any, world: World) -> None:
 
 def test_an_operator_switches_through_the_dialog(browser: Any, world: World) -> None:
     page = open_page(browser, world, "operator")
+    # the actions come with the render after the page has learned the token's role
+    page.wait_for_selector("button[data-act='drain']", timeout=SETTLE_MS)
     assert page.is_visible("#switch") and page.locator("button[data-act='drain']").count() == 2
     page.click("#switch")
     page.wait_for_selector("#confirm[open]", timeout=60_000)  # after the pre-checks ran

@@ -155,9 +155,9 @@ async def probe_access(urls: dict[str, str], key: str) -> dict[str, Any]:
                 await resp.read()
                 out[name] = resp.status
                 if name == "on_key":
-                    out["on_rate_limit_scope"] = resp.headers.get("X-RateLimit-Scope")
+                    out["on_rate_limit"] = resp.headers.get("X-RateLimit-Limit")
                 if name == "off_no_key":
-                    out["off_rate_limit_scope"] = resp.headers.get("X-RateLimit-Scope")
+                    out["off_rate_limit"] = resp.headers.get("X-RateLimit-Limit")
     return out
 
 
@@ -300,10 +300,10 @@ def checks_for(path: str, raw: dict[str, Any], summary: dict[str, Any],
         ("on: a call without the key is refused", p["on_no_key"] == 401, f"status {p['on_no_key']}"),
         ("on: a call with a wrong key is refused", p["on_wrong_key"] == 401, f"status {p['on_wrong_key']}"),
         (f"on: a call with the key is served (X-RateLimit-* {'on it' if headers else 'on 429s only'})",
-         p["on_key"] == 200 and (p["on_rate_limit_scope"] is not None) == headers,
-         f"status {p['on_key']}, X-RateLimit-Scope {p['on_rate_limit_scope']}"),
-        ("off: a call without a key is served, unlimited", p["off_no_key"] == 200 and p["off_rate_limit_scope"] is None,
-         f"status {p['off_no_key']}, X-RateLimit-Scope {p['off_rate_limit_scope']}"),
+         p["on_key"] == 200 and (p["on_rate_limit"] is not None) == headers,
+         f"status {p['on_key']}, X-RateLimit-Limit {p['on_rate_limit']}"),
+        ("off: a call without a key is served, unlimited", p["off_no_key"] == 200 and p["off_rate_limit"] is None,
+         f"status {p['off_no_key']}, X-RateLimit-Limit {p['off_rate_limit']}"),
         (f"on: /metrics counts the calls as client {CLIENT!r}", on_calls > 0 and on_anonymous == 0,
          f"{on_calls:.0f} {CLIENT}, {on_anonymous:.0f} anonymous"),
         ("off: /metrics counts the calls as 'anonymous'", off_calls > 0, f"{off_calls:.0f} anonymous"),
