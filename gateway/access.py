@@ -13,10 +13,8 @@ silently anonymous. A client may be limited to some tasks and to some regions (4
 from __future__ import annotations
 
 import functools
-import math
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from aiohttp import web
@@ -85,8 +83,7 @@ class Access:
                                 client.limits.over(self.defaults))
                 for key in client.keys:
                     if not key.revoked:
-                        expires = datetime.fromisoformat(key.expires_at).timestamp() if key.expires_at else math.inf
-                        book.keys[key.sha256] = (_with_via(caller, f"key:{key.id}"), expires)
+                        book.keys[key.sha256] = (_with_via(caller, f"key:{key.id}"), key.expires)
                 for name in (client.name, *client.cert_names):  # a certificate CN that is the name identifies it too
                     book.certs[name] = _with_via(caller, f"cert:{name}")
             self._book = book

@@ -95,15 +95,11 @@ class Admin:
 ADMIN = web.AppKey("admin", Admin)
 
 
-PRINCIPAL = "geogate.principal"  # request key: who the admin call is from, once _ctx checked it
-
-
 def _ctx(request: web.Request, role: str) -> tuple[Gateway, Admin, Principal]:
     gw, admin = request.app[GATEWAY], request.app[ADMIN]
     if gw.config.admin_tls_only and not request.secure:
         raise Forbidden("the admin API is served over TLS only here")
-    who = request[PRINCIPAL] = admin.tokens.require(request, role)
-    return gw, admin, who
+    return gw, admin, admin.tokens.require(request, role)
 
 
 def _json(obj: Any, status: int = 200) -> web.Response:

@@ -15,8 +15,9 @@ from typing import Annotated, Any
 import msgspec
 from aiohttp import web
 
-from gateway.admin import ADMIN, PRINCIPAL, Reason, ReasonBody, _body, _changed, _ctx, _json
-from gateway.proxy import GATEWAY, Gateway
+from gateway.admin import Admin, Reason, ReasonBody, _body, _changed, _ctx, _json
+from gateway.auth import Principal
+from gateway.proxy import Gateway
 from shared.clients import TASKS, Client, Limits, new_key
 from shared.errors import Conflict, NotFound
 from shared.registry import RegistryRecord
@@ -65,9 +66,9 @@ def _managed(gw: Gateway, name: str) -> Client:
     return client
 
 
-async def _write(request: web.Request, name: str, mutate: Any, why: str, action: str,
+async def _write(ctx: tuple[Gateway, Admin, Principal], name: str, mutate: Any, why: str, action: str,
                  **extra: Any) -> web.Response:
-    gw, admin, who = request.app[GATEWAY], request.app[ADMIN], request[PRINCIPAL]
+    gw, admin, who = ctx
     record: RegistryRecord = await gw.watcher.registry.change_client(name, mutate, who=who.name, why=why,
                                                                       action=action)
     applied = await _changed(gw, admin, record)
@@ -83,7 +84,8 @@ async def list_clients(request: web.Request) -> web.Response:
 
 
 async def create_client(request: web.Request) -> web.Response:
-    gw, _, _ = _ctx(request, "admin")
+    ctx = _ctx(request, "admin")
+    gw = ctx[0]
     body: NewClientBody = await _body(request, NewClientBody)
     if body.name in gw.access.clients():
         raise Conflict(f"client {body.name[:64]!r} exists; rotate its key or change it instead")
@@ -94,22 +96,24 @@ async def create_client(request: web.Request) -> web.Response:
             raise Conflict(f"client {body.name!r} exists")
         return Client(body.name, body.tasks, body.regions, body.limits, (stored,) if stored else (), body.cert_names)
 
-    return await _write(request, body.name, create, body.reason, "client_create", api_key=key)
+    return await _write(ctx, body.name, create, body.reason, "client_create", api_key=key)
 
 
 async def change_client(request: web.Request) -> web.Response:
-    gw, _, _ = _ctx(request, "admin")
+    ctx = _ctx(request, "admin")
+    gw = ctx[0]
     name = request.match_info["name"]
     _managed(gw, name)
     body: ClientChangeBody = await _body(request, ClientChangeBody)
     changes = {f: getattr(body, f) for f in ("tasks", "regions", "limits", "cert_names", "disabled")
                if getattr(body, f) is not None}
-    return await _write(request, name, lambda c: msgspec.structs.replace(_exists(c, name), **changes), body.reason,
+    return await _write(ctx, name, lambda c: msgspec.structs.replace(_exists(c, name), **changes), body.reason,
                         "client_change")
 
 
 async def rotate_key(request: web.Request) -> web.Response:
-    gw, _, _ = _ctx(request, "admin")
+    ctx = _ctx(request, "admin")
+    gw = ctx[0]
     name = request.match_info["name"]
     _managed(gw, name)
     body: RotateBody = await _body(request, RotateBody)
@@ -123,12 +127,13 @@ async def rotate_key(request: web.Request) -> web.Response:
                     msgspec.structs.replace(k, expires_at=until, revoked=body.overlap_s == 0) for k in client.keys)
         return msgspec.structs.replace(client, keys=(*old, stored))
 
-    return await _write(request, name, rotate, body.reason, "client_rotate_key", api_key=key,
+    return await _write(ctx, name, rotate, body.reason, "client_rotate_key", api_key=key,
                         old_keys_valid_until=until if body.overlap_s else None)
 
 
 async def revoke_key(request: web.Request) -> web.Response:
-    gw, _, _ = _ctx(request, "admin")
+    ctx = _ctx(request, "admin")
+    gw = ctx[0]
     name, key_id = request.match_info["name"], request.match_info["id"]
     client = _managed(gw, name)
     if not any(k.id == key_id for k in client.keys):
@@ -140,15 +145,16 @@ async def revoke_key(request: web.Request) -> web.Response:
         return msgspec.structs.replace(c, keys=tuple(msgspec.structs.replace(k, revoked=True) if k.id == key_id else k
                                                      for k in c.keys))
 
-    return await _write(request, name, revoke, body.reason, "client_revoke_key")
+    return await _write(ctx, name, revoke, body.reason, "client_revoke_key")
 
 
 async def revoke_client(request: web.Request) -> web.Response:
-    gw, _, _ = _ctx(request, "admin")
+    ctx = _ctx(request, "admin")
+    gw = ctx[0]
     name = request.match_info["name"]
     _managed(gw, name)
     body = await _body(request, ReasonBody)
-    return await _write(request, name, lambda c: msgspec.structs.replace(_exists(c, name), disabled=True),
+    return await _write(ctx, name, lambda c: msgspec.structs.replace(_exists(c, name), disabled=True),
                         body.reason, "client_revoke")
 
 

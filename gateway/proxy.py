@@ -26,7 +26,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.stats import StatsBook
 from gateway.upstream import Upstream
 from shared.config import GatewayConfig
-from shared.errors import ModelError, Unavailable
+from shared.errors import ModelError, Unauthorized, Unavailable
 from shared.http import deadline, read_body, request_id
 from shared.registry import RegistryRecord, RegistryWatcher
 from shared.schemas import (
@@ -210,9 +210,10 @@ async def _score(request: web.Request, caller: Caller, usage: ClientBuckets | No
 
     def charge(misses: int) -> Awaitable[None] | None:  # the item rate and quota, once, before a node is asked
         nonlocal charged
-        if charged or usage is None:
+        if charged:  # a lookup again after a switch: the items were paid for the first time
             return None
         charged = True
+        assert usage is not None
         return gw.limiter.charge(caller.name, usage, misses + (len(items) - misses) * cfg.cache_hit_cost)
 
     for _ in range(REROUTES):
@@ -236,8 +237,11 @@ async def _serve(request: web.Request, task: _Task[I, R], body_type: type[B], it
     """Who is calling and may they, then the body, then the results: a caller without
     access is refused before its body is read."""
     gw = request.app[GATEWAY]
-    request[CALLER] = UNIDENTIFIED
-    caller = request[CALLER] = gw.access.identify(request)
+    try:
+        caller = request[CALLER] = gw.access.identify(request)
+    except Unauthorized:
+        request[CALLER] = UNIDENTIFIED  # counted as such
+        raise
     gw.access.authorize(caller, task.name)
     usage = None
     if caller.shared:

@@ -14,6 +14,7 @@ audit entries without revealing it; only the hash of the whole key is stored.
 from __future__ import annotations
 
 import hashlib
+import math
 import secrets
 from datetime import UTC, datetime
 from pathlib import Path
@@ -60,8 +61,13 @@ class ApiKey(msgspec.Struct, frozen=True):
     expires_at: str = ""  # ISO 8601, UTC; set when the key is rotated out (the overlap's end)
     revoked: bool = False
 
+    @property
+    def expires(self) -> float:
+        """When it stops being valid, as a POSIX time (inf: never)."""
+        return datetime.fromisoformat(self.expires_at).timestamp() if self.expires_at else math.inf
+
     def valid(self, now: datetime) -> bool:
-        return not self.revoked and (not self.expires_at or now < datetime.fromisoformat(self.expires_at))
+        return not self.revoked and now.timestamp() < self.expires
 
 
 class Client(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
