@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE.parent.parent)]
@@ -80,24 +81,26 @@ def _wait(check: Callable[[], bool], timeout: float, what: str) -> float:
     return time.monotonic() - started
 
 
-def _ready(url: str, path: str) -> bool:
-    async def get() -> bool:
-        try:
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as s, s.get(url + path) as r:
-                return r.status == 200
-        except (aiohttp.ClientError, TimeoutError):
-            return False
+def _http(method: str, url: str, body: dict[str, object] | None = None, headers: dict[str, str] | None = None,
+          timeout: float = 10) -> tuple[int, Any]:
+    """One call from this (synchronous) runner: status and decoded JSON body."""
+    async def call() -> tuple[int, Any]:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as s, s.request(
+                method, url, json=body, headers=headers) as r:
+            return r.status, await r.json(content_type=None)
 
-    return asyncio.run(get())
+    return asyncio.run(call())
+
+
+def _ready(url: str, path: str) -> bool:
+    try:
+        return _http("GET", url + path, timeout=1)[0] == 200
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return False
 
 
 def _admin(world: World, path: str, body: dict[str, object]) -> tuple[int, dict[str, object]]:
-    async def post() -> tuple[int, dict[str, object]]:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as s, s.post(
-                world.b.url + path, json=body, headers=auth("operator")) as r:
-            return r.status, await r.json()
-
-    return asyncio.run(post())
+    return _http("POST", world.b.url + path, body, auth("operator"), timeout=30)
 
 
 def _admin_write(world: World) -> int:
@@ -105,11 +108,7 @@ def _admin_write(world: World) -> int:
 
 
 def _readyz(url: str) -> dict[str, object]:
-    async def get() -> dict[str, object]:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s, s.get(url + "/readyz") as r:
-            return await r.json()  # type: ignore[no-any-return]
-
-    return asyncio.run(get())
+    return _http("GET", url + "/readyz", timeout=5)[1]  # type: ignore[no-any-return]
 
 
 def _kill(nodes: list[object]) -> None:
@@ -213,12 +212,7 @@ def _redis_back_and_converged(world: World, result: Result) -> None:
 
 
 def _status_epoch(world: World) -> int:
-    async def get() -> int:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s, s.get(
-                world.b.url + "/admin/v1/status", headers=auth("viewer")) as r:
-            return int((await r.json())["registry"]["epoch"])
-
-    return asyncio.run(get())
+    return int(_http("GET", world.b.url + "/admin/v1/status", headers=auth("viewer"))[1]["registry"]["epoch"])
 
 
 def _primary_down(world: World, result: Result) -> None:
@@ -288,16 +282,12 @@ SCENARIOS = [
 
 
 def _served_at_home(world: World) -> bool:
-    async def call() -> bool:
-        body = {"pairs": [["上海市南京东路1号", f"上海南京东路1号{time.monotonic()}"]]}
-        try:
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s, s.post(
-                    world.a.url + "/v1/similarity", json=body, headers={"X-Forwarded-For": EU}) as r:
-                return r.status == 200 and r.headers.get("X-Region") == HOME
-        except (aiohttp.ClientError, TimeoutError):
-            return False
-
-    return asyncio.run(call())
+    body = {"pairs": [["上海市南京东路1号", f"上海南京东路1号{time.monotonic()}"]]}
+    try:
+        status, answer = _http("POST", world.a.url + "/v1/similarity", body, {"X-Forwarded-For": EU}, timeout=5)
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return False
+    return status == 200 and answer["region"] == HOME  # the body's region is X-Region
 
 
 SENTINEL_SCENARIOS = [
