@@ -256,7 +256,7 @@ class Limiter:
         b.spent += cost
 
     def _refuse(self, client: str, b: Bucket, wait_s: float) -> None:
-        self._metrics.client_throttled(client, b.scope).inc()
+        self._metrics.client_throttled.inc((client, b.scope))
         raise RateLimited(f"client {client!r} is over its {b.scope} limit", wait_s, self._verdict(b))
 
     async def _refill(self, b: Bucket, cost: int, need: int) -> bool:

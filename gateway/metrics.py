@@ -4,30 +4,15 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
-__all__ = ["CountGauge", "FastCounter", "FastHistogram", "GatewayMetrics", "children"]
+__all__ = ["CountGauge", "FastCounter", "FastHistogram", "GatewayMetrics"]
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-
-
-def children(metric: Any) -> Callable[..., Any]:
-    """``metric.labels`` memoized: the same few label sets are asked for on every call,
-    and prometheus-client's lookup takes a lock and builds tuples each time."""
-    cache: dict[tuple[str, ...], Any] = {}
-
-    def child(*values: str) -> Any:
-        found = cache.get(values)
-        if found is None:
-            found = cache[values] = metric.labels(*values)
-        return found
-
-    return child
 
 
 class CountGauge:
@@ -93,14 +78,14 @@ class FastHistogram:
 class GatewayMetrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
-        # Updated on every call: lock-free (FastCounter)
+        # Updated on every call or attempt: lock-free (FastCounter, FastHistogram)
         self.requests = FastCounter("geogate_gateway_requests", "client requests", ["route", "status", "region", "color"],
                                     r)
         self.latency = FastHistogram("geogate_gateway_request_duration_seconds", "client request latency", ["route"], r)
-        self.upstream_latency = Histogram("geogate_gateway_upstream_duration_seconds", "one upstream attempt",
-                                          ["region"], buckets=_LATENCY_BUCKETS, registry=r)
-        self.upstream_attempts = Counter("geogate_gateway_upstream_attempts", "upstream attempts by outcome",
-                                         ["region", "outcome"], registry=r)
+        self.attempt_latency = FastHistogram("geogate_gateway_upstream_duration_seconds", "one upstream attempt",
+                                             ["region"], r)
+        self.attempt_count = FastCounter("geogate_gateway_upstream_attempts", "upstream attempts by outcome",
+                                         ["region", "outcome"], r)
         self.retries = Counter("geogate_gateway_retries", "attempts after the first", registry=r)
         self.hedges = Counter("geogate_gateway_hedges", "hedged (twin) attempts", registry=r)
         self.retry_budget_exhausted = Counter("geogate_gateway_retry_budget_exhausted",
@@ -129,15 +114,12 @@ class GatewayMetrics:
                                         ["client", "cache"], r)
         self.client_latency = FastHistogram("geogate_gateway_client_request_duration_seconds", "latency per client",
                                             ["client"], r)
-        self.client_throttled_total = Counter("geogate_gateway_client_throttled",
-                                              "calls refused with 429 by a client limit", ["client", "scope"],
-                                              registry=r)
+        self.client_throttled = FastCounter("geogate_gateway_client_throttled",
+                                            "calls refused with 429 by a client limit", ["client", "scope"], r)
         self.limiter_fallback = Counter("geogate_gateway_limiter_fallback",
                                         "times the shared limits became unreachable and local buckets took over",
                                         registry=r)
         self.limiter_local = Gauge("geogate_gateway_limiter_local",
                                    "1 while limits are enforced by this gateway alone (the store is unreachable)",
                                    registry=r)
-        self.client_throttled = children(self.client_throttled_total)
-        self.attempt_count = children(self.upstream_attempts)
-        self.attempt_latency = children(self.upstream_latency)
+

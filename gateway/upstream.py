@@ -211,11 +211,11 @@ class Upstream:
         status, body, served = answer.status, answer.body, answer.headers.get("x-model-version")
         elapsed = time.perf_counter() - started
         series.record(elapsed * 1000, ok=status < 500 and (status != 200 or served == version))
-        self.metrics.attempt_latency(region).observe(elapsed)
+        self.metrics.attempt_latency.observe((region,), elapsed)
         if status == 200 and served == version:
             self.health.call_succeeded(node, elapsed * 1000)
             self._latencies.setdefault(region, deque(maxlen=256)).append(elapsed)
-            self.metrics.attempt_count(region, "ok").inc()
+            self.metrics.attempt_count.inc((region, "ok"))
             return body, ""
         if status == 200:
             self.metrics.version_mismatch.labels(region).inc()
@@ -223,14 +223,14 @@ class Upstream:
             node.model_version = served  # so the balancer stops choosing it until a probe says otherwise
             return None, "version-mismatch"
         if status == 429:
-            self.metrics.attempt_count(region, "overloaded").inc()
+            self.metrics.attempt_count.inc((region, "overloaded"))
             return None, "429"
         if status == 504 and self._caller_out_of_time(deadline):  # the node kept the deadline we passed on
             raise DeadlineExceeded(f"the call's deadline passed while {region} was computing")
         if status >= 500:
             self._failed(node, f"status {status}")
             return None, f"status {status}"
-        self.metrics.attempt_count(region, "rejected").inc()
+        self.metrics.attempt_count.inc((region, "rejected"))
         raise NodeRejected(status, body)
 
     @staticmethod
@@ -240,5 +240,5 @@ class Upstream:
         return asyncio.get_running_loop().time() >= deadline - 0.001
 
     def _failed(self, node: NodeState, reason: str) -> None:
-        self.metrics.attempt_count(node.spec.region, "failed").inc()
+        self.metrics.attempt_count.inc((node.spec.region, "failed"))
         self.health.call_failed(node, reason)
