@@ -12,7 +12,6 @@ silently anonymous. A client may be limited to some tasks and to some regions (4
 
 from __future__ import annotations
 
-import functools
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,11 +35,11 @@ class Caller:
     regions: frozenset[str]  # empty: anywhere
     limits: Limits
     via: str = ""  # key:<id>, cert:<name> or anonymous
+    shared: bool = field(init=False)  # whether any of its limits lives in the shared store (the limiter is asked)
 
-    @property
-    def shared(self) -> bool:
-        """Whether any of its limits lives in the shared store (the limiter is asked)."""
-        return bool(self.limits.rps or self.limits.items_per_s or self.limits.daily_quota)
+    def __post_init__(self) -> None:
+        limits = self.limits
+        object.__setattr__(self, "shared", bool(limits.rps or limits.items_per_s or limits.daily_quota))
 
 
 UNIDENTIFIED = Caller("unidentified", frozenset(), frozenset(), Limits(), "none")  # refused with 401
@@ -48,9 +47,14 @@ UNIDENTIFIED = Caller("unidentified", frozenset(), frozenset(), Limits(), "none"
 
 @dataclass(frozen=True, slots=True)
 class _Book:
-    epoch: int
+    """Who is who under one registry epoch."""
+
     keys: dict[str, tuple[Caller, float]] = field(default_factory=dict)  # sha256 -> (caller, expires at, POSIX)
     certs: dict[str, Caller] = field(default_factory=dict)  # certificate name -> caller
+    # The same few header values arrive on call after call: the entry of ``keys`` by the
+    # header as sent makes such a call one lookup, without parsing or hashing. Only keys
+    # found go in (a flood of made-up keys cannot grow it).
+    sent: dict[str, tuple[Caller, float]] = field(default_factory=dict)
 
 
 class Access:
@@ -64,7 +68,8 @@ class Access:
                                daily_quota=config.client_daily_quota, max_concurrent=config.client_max_concurrent)
         self.anonymous = (Caller(ANONYMOUS, frozenset(TASKS), frozenset(), self.defaults, ANONYMOUS)
                           if config.allow_anonymous else None)
-        self._book = _Book(-1)
+        self._book: _Book | None = None  # built on first use after each new registry epoch
+        watcher.on_change(self._drop_book)
 
     def clients(self) -> dict[str, tuple[Client, str]]:
         """Every client by name with where it is defined (``file`` or ``registry``)."""
@@ -72,37 +77,48 @@ class Access:
         out.update({name: (client, "registry") for name, client in self._watcher.snapshot.clients.items()})
         return out
 
-    def _current(self) -> _Book:
-        epoch = self._watcher.snapshot.epoch
-        if self._book.epoch != epoch:
-            book = _Book(epoch)
-            for client, _ in self.clients().values():
-                if client.disabled:
-                    continue
-                caller = Caller(client.name, frozenset(client.tasks), frozenset(client.regions),
-                                client.limits.over(self.defaults))
-                for key in client.keys:
-                    if not key.revoked:
-                        book.keys[key.sha256] = (_with_via(caller, f"key:{key.id}"), key.expires)
-                for name in (client.name, *client.cert_names):  # a certificate CN that is the name identifies it too
-                    book.certs[name] = _with_via(caller, f"cert:{name}")
-            self._book = book
-        return self._book
+    def _drop_book(self, record: object) -> None:
+        self._book = None
+
+    def _build_book(self) -> _Book:
+        book = _Book()
+        for client, _ in self.clients().values():
+            if client.disabled:
+                continue
+            caller = Caller(client.name, frozenset(client.tasks), frozenset(client.regions),
+                            client.limits.over(self.defaults))
+            for key in client.keys:
+                if not key.revoked:
+                    book.keys[key.sha256] = (_with_via(caller, f"key:{key.id}"), key.expires)
+            for name in (client.name, *client.cert_names):  # a certificate CN that is the name identifies it too
+                book.certs[name] = _with_via(caller, f"cert:{name}")
+        self._book = book
+        return book
 
     def identify(self, request: web.Request) -> Caller:
         """The caller, or Unauthorized."""
-        key = _presented_key(request)
-        if key is not None:
-            found = self._current().keys.get(_hash(key))
-            if found is None or time.time() >= found[1]:
-                raise Unauthorized("unknown, expired or revoked API key")
-            return found[0]
+        headers = request.headers
+        book = self._book or self._build_book()
+        api_key = headers.get("X-API-Key")
+        # "\n" keeps the two headers' values apart in the memo: no header value holds one
+        sent = headers.get("Authorization") if api_key is None else "\n" + api_key
+        if sent is None:
+            return self._without_key(request, book)
+        found = book.sent.get(sent)
+        if found is None:
+            found = book.keys.get(hash_key(_key(api_key, sent)))
+            if found is not None and len(book.sent) < MEMO:
+                book.sent[sent] = found
+        if found is None or time.time() >= found[1]:
+            raise Unauthorized("unknown, expired or revoked API key")
+        return found[0]
+
+    def _without_key(self, request: web.Request, book: _Book) -> Caller:
         names = _certificate_names(request) if self._mtls else []
         if names:
-            certs = self._current().certs
             for name in names:
-                if name in certs:
-                    return certs[name]
+                if name in book.certs:
+                    return book.certs[name]
             raise Unauthorized("the client certificate names no client of this gateway")
         if self.anonymous is not None:
             return self.anonymous
@@ -116,25 +132,20 @@ class Access:
                             f"this gateway is in {self.region}")
 
 
-# The same few keys arrive on call after call: remembering their hashes saves a SHA-256
-# per call. Bounded, so a flood of made-up keys only evicts.
-_hash = functools.lru_cache(maxsize=4096)(hash_key)
+MEMO = 4096  # header values remembered per epoch
 
 
 def _with_via(caller: Caller, via: str) -> Caller:
     return Caller(caller.name, caller.tasks, caller.regions, caller.limits, via)
 
 
-def _presented_key(request: web.Request) -> str | None:
-    headers = request.headers
-    key = headers.get("X-API-Key")
-    if key is None:
-        auth = headers.get("Authorization")
-        if auth is None:
-            return None
-        scheme, _, key = auth.strip().partition(" ")
-        if scheme.lower() != "bearer":
-            raise Unauthorized("Authorization must be 'Bearer <API key>'")
+def _key(api_key: str | None, authorization: str) -> str:
+    """The key presented: X-API-Key's value, else Authorization's, which must be a Bearer."""
+    if api_key is not None:
+        return api_key.strip()
+    scheme, _, key = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        raise Unauthorized("Authorization must be 'Bearer <API key>'")
     return key.strip()
 
 

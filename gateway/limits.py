@@ -4,7 +4,7 @@ per-gateway cap on calls in flight.
 Rates and the quota are token buckets in the registry's store (one Lua script per take,
 on the store's clock), so a client gets the same limit whichever gateway it reaches. A
 gateway does not ask the store on every call: it takes a small lease of tokens (about
-200 ms of what the client spends here, at most a quarter of the bucket), spends it
+500 ms of what the client spends here, at most a quarter of the bucket), spends it
 locally and, for a busy client, tops it up in the background before it runs out, so the
 store sees a few takes per thousand calls while the sum over every gateway never exceeds
 what the shared bucket handed out: rate x time + burst. A lease unused for a second is
@@ -36,7 +36,7 @@ __all__ = ["Bucket", "ClientBuckets", "Limiter", "RateLimited", "Verdict", "rate
 log = logging.getLogger("geogate.gateway.limits")
 
 MILLI = 1000  # tokens are counted in thousandths, so a cache hit can cost a fraction of an item
-LEASE_S = 0.2  # a lease holds about this much of a client's recent demand
+LEASE_S = 0.5  # a lease holds about this much of a client's recent demand
 LEASE_TTL_S = 1.0
 LOCAL_S = 5.0  # after a store error, stay on the local buckets this long before asking again
 
@@ -117,6 +117,7 @@ class ClientBuckets:
     items: Bucket | None
     quota: Bucket | None
     day: str  # the UTC day the quota bucket counts
+    until: float = math.inf  # when that day ends (POSIX time)
 
 
 class Limiter:
@@ -139,9 +140,15 @@ class Limiter:
         """One call against the request rate: the client's buckets (for ``charge`` and
         ``rate_headers``) and, when the lease could not cover the call, what to await (the
         store, or RateLimited). Only for a client with shared limits (``Caller.shared``)."""
-        buckets = self._buckets(client, limits)
+        buckets = self._clients.get(client)
+        # The same Limits object comes with every call of a client until its limits change
+        # (gateway/access.py builds one per registry epoch), and the quota's day changes at
+        # midnight only: the common case is this one test.
+        if (buckets is None or buckets.limits is not limits
+                or (buckets.quota is not None and time.time() >= buckets.until)):
+            buckets = self._buckets(client, limits)
         bucket = buckets.requests
-        if bucket is not None and not self._spend_now(bucket, MILLI):
+        if bucket is not None and not self._spend_now(bucket, MILLI, self._clock()):
             return buckets, self._spend(client, bucket, MILLI)
         return buckets, None
 
@@ -151,15 +158,16 @@ class Limiter:
         what to await (the store, or RateLimited)."""
         cost = max(1, int(items * MILLI))
         rate, quota = buckets.items, buckets.quota
-        if rate is not None and not self._spend_now(rate, cost):
+        now = self._clock()
+        if rate is not None and not self._spend_now(rate, cost, now):
             return self._charge(client, (rate, quota), cost)
-        if quota is not None and not self._spend_now(quota, cost):
+        if quota is not None and not self._spend_now(quota, cost, now):
             return self._charge(client, (quota,), cost)
         return None
 
     async def _charge(self, client: str, buckets: tuple[Bucket | None, ...], cost: int) -> None:
         for bucket in buckets:
-            if bucket is not None and not self._spend_now(bucket, cost):
+            if bucket is not None and not self._spend_now(bucket, cost, self._clock()):
                 await self._spend(client, bucket, cost)
 
     def enter(self, client: str, limits: Limits) -> bool:
@@ -189,9 +197,9 @@ class Limiter:
     def _buckets(self, client: str, limits: Limits) -> ClientBuckets:
         day = self._today() if limits.daily_quota else ""
         found = self._clients.get(client)
-        # The same Limits object comes with every call of a client until its limits change
-        # (gateway/access.py builds one per registry epoch): identity first, equality after.
-        if found is None or found.day != day or (found.limits is not limits and found.limits != limits):
+        if found is not None and found.day == day and found.limits == limits:
+            found.limits = limits  # equal limits of a newer epoch: the same buckets, found by identity from now on
+        else:
             now = self._clock()
 
             def bucket(scope: str, rate: float, burst: float, key: str, ttl_s: float) -> Bucket:
@@ -209,7 +217,7 @@ class Limiter:
                 if limits.items_per_s else None,
                 quota=bucket("daily-quota", 0.0, limits.daily_quota, f"quota:{day}", 2 * 86_400)
                 if limits.daily_quota else None,
-                day=day)
+                day=day, until=self._midnight if day else math.inf)
         return found
 
     def _today(self) -> str:
@@ -220,10 +228,9 @@ class Limiter:
             self._midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
         return self._day
 
-    def _spend_now(self, b: Bucket, cost: int) -> bool:
+    def _spend_now(self, b: Bucket, cost: int, now: float) -> bool:
         """``cost`` from the lease when it holds that much (no await: the common case);
         the store is asked in the background when the lease runs low."""
-        now = self._clock()
         if b.expires <= now:
             b.tokens = 0  # unused for a second: given up, so tokens cannot pile up at one gateway
         if b.tokens < cost:

@@ -142,7 +142,8 @@ class Gateway:
         route.cache, route.hits = found.status, found.hits
         return found.results
 
-    def respond(self, request: web.Request, route: Route, body: bytes) -> web.Response:
+    def respond(self, route: Route, body: bytes, usage: ClientBuckets | None) -> web.Response:
+        """The answer, with the X-RateLimit-* of ``usage`` when given."""
         headers = {
             "X-Model-Version": route.version,
             "X-Color": route.color,
@@ -150,15 +151,13 @@ class Gateway:
             "X-Cache": route.cache,
             "X-Route": route.header,
         }
-        usage: ClientBuckets | None = request.get(RATE_LIMIT)
         if usage is not None:
             rate_headers(usage, headers)
         return web.Response(body=body, content_type="application/json", headers=headers)
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
-CALLER = "geogate.caller"  # request keys: who called (for metrics and logs), and their request bucket
-RATE_LIMIT = "geogate.rate_limit"
+CALLER = "geogate.caller"  # request key: who called (for metrics and logs)
 
 
 def _color(snapshot: RegistryRecord, request: web.Request, items: object) -> str:
@@ -248,13 +247,12 @@ async def _serve(request: web.Request, task: _Task[I, R], body_type: type[B], it
         usage, pending = gw.limiter.admit(caller.name, caller.limits)
         if pending is not None:
             await pending
-        if gw.config.rate_limit_headers == "always":
-            request[RATE_LIMIT] = usage
     slot = gw.limiter.enter(caller.name, caller.limits)
     try:
         body = decode(await read_body(request, gw.config.max_body_bytes), body_type)
         route, results = await _score(request, caller, usage, task, items(body))
-        return gw.respond(request, route, encode(answer(body, route, results)))
+        return gw.respond(route, encode(answer(body, route, results)),
+                          usage if gw.config.rate_limit_headers == "always" else None)
     finally:
         if slot:
             gw.limiter.leave(caller.name)

@@ -93,7 +93,7 @@ BENCHES = [
           [_program("redis-server"), _module("torch", "the node extra")]),
     Bench("access", "access_control.py", "Client access: authentication + shared limiter vs off",
           # rounds off on, on off, ... so that drift on a shared machine hits both variants alike
-          ["--seconds", "4", "--rounds", "3"],
+          ["--seconds", "3", "--rounds", "8"],
           ["--seconds", "2", "--warmup", "0.5", "--rounds", "1"], 300,
           [_program("redis-server")]),
 ]
@@ -364,7 +364,8 @@ def section_access(d: dict[str, Any]) -> tuple[list[str], list[str]]:
         (f"One gateway process per variant in front of a fake node (it answers at once: the gateway is what is "
          f"measured) and one private redis-server; {s['rounds']} round(s) of off and on alternated (off on, on off, "
          f"...), each {s['warmup']:g} s warm-up then {s['seconds']:g} s measured with {s['connections']} connections "
-         "from a separate load process; medians over the rounds. On: an API key (`Authorization: Bearer`, from a "
+         "from a separate load process; req/s and latencies are medians over the rounds, the ratio is the median of "
+         "the rounds' ratios (each round's off and on ran back to back). On: an API key (`Authorization: Bearer`, from a "
          "clients file) and the shared limiter with every bucket set (request rate, item rate, daily quota: token "
          "buckets in Redis taken in leases), the limits high enough that nothing is refused. Baseline: the same "
          "gateway with access control off (`allow_anonymous: true`, no limits: the limiter is never asked). Miss: "
