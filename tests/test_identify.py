@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import msgspec
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
 from gateway.access import Access
@@ -20,7 +21,7 @@ from shared.registry import Registry, RegistryRecord, RegistryWatcher
 from shared.store import MemoryStore
 
 
-def _request(headers: dict[str, str]):  # type: ignore[no-untyped-def]
+def _request(headers: dict[str, str]) -> web.Request:
     return make_mocked_request("POST", "/v1/similarity", headers=headers)
 
 
