@@ -23,7 +23,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from gateway.metrics import GatewayMetrics
@@ -118,6 +118,12 @@ class ClientBuckets:
     quota: Bucket | None
     day: str  # the UTC day the quota bucket counts
     until: float = math.inf  # when that day ends (POSIX time)
+    per_call: tuple[Bucket, ...] = field(init=False)  # what a call spends from: the request bucket, if any
+    per_item: tuple[Bucket, ...] = field(init=False)  # what an item spends from: the item and quota buckets
+
+    def __post_init__(self) -> None:
+        self.per_call = tuple(b for b in (self.requests,) if b is not None)
+        self.per_item = tuple(b for b in (self.items, self.quota) if b is not None)
 
 
 class Limiter:
@@ -147,9 +153,8 @@ class Limiter:
         if (buckets is None or buckets.limits is not limits
                 or (buckets.quota is not None and time.time() >= buckets.until)):
             buckets = self._buckets(client, limits)
-        bucket = buckets.requests
-        if bucket is not None and not self._spend_now(bucket, MILLI, self._clock()):
-            return buckets, self._spend(client, bucket, MILLI)
+        if buckets.per_call and not self._spend_now(buckets.per_call, MILLI, self._clock()):
+            return buckets, self._spend(client, buckets.per_call[0], MILLI)
         return buckets, None
 
     def charge(self, client: str, buckets: ClientBuckets, items: float) -> Awaitable[None] | None:
@@ -157,17 +162,14 @@ class Limiter:
         None when the leases covered them (the common case, without a coroutine), else
         what to await (the store, or RateLimited)."""
         cost = max(1, int(items * MILLI))
-        rate, quota = buckets.items, buckets.quota
-        now = self._clock()
-        if rate is not None and not self._spend_now(rate, cost, now):
-            return self._charge(client, (rate, quota), cost)
-        if quota is not None and not self._spend_now(quota, cost, now):
-            return self._charge(client, (quota,), cost)
-        return None
+        spent = self._spend_now(buckets.per_item, cost, self._clock())
+        return self._charge(client, buckets.per_item[spent:], cost) if spent < len(buckets.per_item) else None
 
-    async def _charge(self, client: str, buckets: tuple[Bucket | None, ...], cost: int) -> None:
-        for bucket in buckets:
-            if bucket is not None and not self._spend_now(bucket, cost, self._clock()):
+    async def _charge(self, client: str, buckets: tuple[Bucket, ...], cost: int) -> None:
+        """``cost`` from each of ``buckets``, the first of which the lease could not cover."""
+        await self._spend(client, buckets[0], cost)
+        for bucket in buckets[1:]:
+            if not self._spend_now((bucket,), cost, self._clock()):
                 await self._spend(client, bucket, cost)
 
     def enter(self, client: str, limits: Limits) -> bool:
@@ -228,19 +230,24 @@ class Limiter:
             self._midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
         return self._day
 
-    def _spend_now(self, b: Bucket, cost: int, now: float) -> bool:
-        """``cost`` from the lease when it holds that much (no await: the common case);
-        the store is asked in the background when the lease runs low."""
-        if b.expires <= now:
-            b.tokens = 0  # unused for a second: given up, so tokens cannot pile up at one gateway
-        if b.tokens < cost:
-            return False
-        b.tokens -= cost
-        b.spent += cost
-        if b.tokens < b.low and b.refill is None:
-            b.refill = asyncio.create_task(self._refill(b, cost, 1))
-            b.refill.add_done_callback(_log_failure)
-        return True
+    def _spend_now(self, buckets: tuple[Bucket, ...], cost: int, now: float) -> int:
+        """``cost`` from each lease in turn while they hold that much (no await: the common
+        case); how many it came from, fewer than all where the next could not cover it. The
+        store is asked in the background when a lease runs low. One call for all of a
+        call's buckets: on the hit path every Python call here shows in the throughput."""
+        spent = 0
+        for b in buckets:
+            if b.expires <= now:
+                b.tokens = 0  # unused for a second: given up, so tokens cannot pile up at one gateway
+            if b.tokens < cost:
+                break
+            b.tokens -= cost
+            b.spent += cost
+            spent += 1
+            if b.tokens < b.low and b.refill is None:
+                b.refill = asyncio.create_task(self._refill(b, cost, 1))
+                b.refill.add_done_callback(_log_failure)
+        return spent
 
     async def _spend(self, client: str, b: Bucket, cost: int) -> None:
         """``cost`` when the lease cannot cover it: from the store, or RateLimited."""
