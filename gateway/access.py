@@ -4,10 +4,11 @@ A key comes as ``Authorization: Bearer <key>`` or ``X-API-Key: <key>`` and is lo
 by its SHA-256 among the clients of the config file and of the registry snapshot (the
 lookup table is rebuilt when the snapshot's epoch changes, so a key added, rotated or
 revoked through the admin API counts at every gateway as soon as it has the epoch). A
-verified client certificate (``client_ca``) names a client by its CN or a DNS name. A
-call with neither is the client ``anonymous`` where ``allow_anonymous`` is set, and 401
-elsewhere; a key that is presented but unknown, expired or revoked is always 401, never
-silently anonymous. A client may be limited to some tasks and to some regions (403).
+verified client certificate (``client_ca``) names a client by its CN, a DNS name or a URI
+(a SPIFFE id). A call with neither is the client ``anonymous`` where ``allow_anonymous``
+is set, and 401 elsewhere; a key that is presented but unknown, expired or revoked is
+always 401, never silently anonymous. A client may be limited to some tasks and to some
+regions (403).
 """
 
 from __future__ import annotations
@@ -150,10 +151,11 @@ def _key(api_key: str | None, authorization: str) -> str:
 
 
 def _certificate_names(request: web.Request) -> list[str]:
-    """The CN and DNS names of a client certificate the TLS layer verified, if any."""
+    """The CN, DNS names and URIs (a SPIFFE id, say) of a client certificate the TLS layer
+    verified, if any."""
     transport = request.transport
     cert: dict[str, Any] | None = transport.get_extra_info("peercert") if transport is not None else None
     if not cert:
         return []
     names = [value for rdn in cert.get("subject", ()) for key, value in rdn if key == "commonName"]
-    return names + [value for kind, value in cert.get("subjectAltName", ()) if kind == "DNS"]
+    return names + [value for kind, value in cert.get("subjectAltName", ()) if kind in ("DNS", "URI")]

@@ -77,7 +77,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         p.add_argument("name")
         p.add_argument("--tasks", help="comma-separated: similarity,parse")
         p.add_argument("--regions", help="comma-separated regions its calls must stay in")
-        p.add_argument("--cert-names", help="comma-separated TLS client certificate names (CN or DNS) that identify it")
+        p.add_argument("--cert-names", help="comma-separated TLS client certificate names (CN, DNS or URI) that identify it")
         for limit in LIMITS:
             p.add_argument("--" + limit.replace("_", "-"), type=float, help="0: none")
         if name == "client-add":

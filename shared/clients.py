@@ -76,7 +76,7 @@ class Client(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     regions: tuple[str, ...] = ()  # where its calls may be made and served; () = anywhere
     limits: Limits = Limits()
     keys: tuple[ApiKey, ...] = ()
-    cert_names: tuple[str, ...] = ()  # TLS client certificate names (CN or DNS SAN) that identify it
+    cert_names: tuple[str, ...] = ()  # TLS client certificate names (CN, DNS or URI SAN) that identify it
     disabled: bool = False  # revoked as a whole: every key and certificate refused
 
 

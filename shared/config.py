@@ -185,8 +185,8 @@ class GatewayConfig:
                                  "'anonymous', with the client_* limits)")
     clients_file: str | None = _opt(None, "YAML file of clients (API keys as SHA-256 hashes, tasks, regions, limits); "
                                     "more are managed through /admin/v1/clients")
-    client_ca: str | None = _opt(None, "CA file: a TLS client certificate it signed identifies a client by its CN or "
-                                 "DNS name (mutual TLS; needs tls_cert)")
+    client_ca: str | None = _opt(None, "CA file: a TLS client certificate it signed identifies a client by its CN, "
+                                 "DNS name or URI (mutual TLS; needs tls_cert)")
     client_rps: float = _opt(0.0, "default calls per second per client, shared by every gateway (0: none)")
     client_burst: float = _opt(0.0, "default calls allowed at once above the rate (0: one second's worth)")
     client_items_per_s: float = _opt(0.0, "default items (pairs, addresses) per second per client (0: none)")

@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -293,6 +294,7 @@ async def test_mutual_tls_identifies_a_client_by_its_certificate(world: World, t
     file_key = "gg_feedbeef_from-the-config-file"
     clients.write_text(yaml.safe_dump({"clients": {
         "orders-mtls": {"cert_names": ["orders-mtls.example"], "tasks": ["similarity"]},
+        "payments-mesh": {"cert_names": [SPIFFE_ID]},
         "from-file": {"keys_sha256": [hash_key(file_key)]},
     }}))
     gateway = GatewayProcess(tmp_path, "--config", str(world.config), "--region", "eu-central",
@@ -326,14 +328,49 @@ async def test_mutual_tls_identifies_a_client_by_its_certificate(world: World, t
             assert status == 200, body
             status, _, body = await call(mtls, gateway, None, path="/v1/parse")
             assert status == 403  # the certificate's client may call similarity only
+        mesh = context(None)  # a service mesh's workload certificate: a SPIFFE id as its only name
+        mesh.load_cert_chain(*_uri_san_cert(ca, SPIFFE_ID, tmp_path))
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=mesh)) as workload:
+            status, _, body = await call(workload, gateway, None)
+            assert status == 200, body
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context(stranger))) as forged:
             with pytest.raises(aiohttp.ClientError):  # signed by another CA: the handshake fails
                 await call(forged, gateway, None)
         log = gateway.log()
         assert "client=orders-mtls" in log and "via=cert:orders-mtls.example" in log
+        assert "client=payments-mesh" in log and f"via=cert:{SPIFFE_ID}" in log
         assert file_key not in log
     finally:
         gateway.stop()
+
+
+SPIFFE_ID = "spiffe://geogate.test/ns/payments/sa/checkout"
+
+
+def _uri_san_cert(ca: Any, uri: str, tmp: Path) -> tuple[str, str]:
+    """A client certificate from ``ca`` whose only name is ``uri`` (its CN names no client):
+    trustme issues DNS, IP and e-mail names only, so this one is made with cryptography."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    issuer = x509.load_pem_x509_certificate(ca.cert_pem.bytes())
+    signer = serialization.load_pem_private_key(ca.private_key_pem.bytes(), password=None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(UTC)
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "workload-1234")]))
+            .issuer_name(issuer.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(signer, hashes.SHA256()))  # type: ignore[arg-type]
+    cert_path, key_path = tmp / "workload.pem", tmp / "workload.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_path), str(key_path)
 
 
 async def test_admin_status_lists_the_busiest_clients_per_region(world: World, http: aiohttp.ClientSession) -> None:
