@@ -1,6 +1,7 @@
 """The ops dashboard in a real headless Chromium (Debian's, driven by Playwright): it lists
 every region, shows a killed node as unhealthy, reflects a drain within seconds, hides
-actions from a viewer, and a switch through its dialog changes the active color.
+actions from a viewer, a switch through its dialog changes the active color, and an
+admin adds a client (its key is served) and revokes it (its key is refused).
 
 A screenshot is saved as a test artifact under ``artifacts/``.
 """
@@ -78,6 +79,7 @@ def test_viewer_sees_every_region_and_no_actions(browser: Any, world: World) -> 
     assert page.inner_text("#active") == "blue"
     assert "vera (viewer)" in page.inner_text("#who")
     assert not page.is_visible("#switch") and page.locator("button[data-act]").count() == 0
+    assert not page.is_visible("#clients-section")  # clients are the admins' business
     # the node table says each node's state in words, not only in colour
     assert page.locator(".node.ok .health").first.inner_text() == "healthy"
     ARTIFACTS.mkdir(exist_ok=True)
@@ -116,6 +118,42 @@ def test_a_regions_busiest_clients_are_listed(browser: Any, world: World) -> Non
         finally:
             stop.set()
             calls.result()
+
+
+def score_status(world: World, key: str) -> int:
+    async def post() -> int:
+        async with aiohttp.ClientSession() as http, http.post(world.a.url + "/v1/parse", json={"addresses": ["杭州市"]},
+                                                               headers={"Authorization": f"Bearer {key}"}) as resp:
+            return resp.status
+
+    result: int = off_loop(post())
+    return result
+
+
+def test_an_admin_adds_a_client_and_revokes_it(browser: Any, world: World) -> None:
+    page = open_page(browser, world, "admin")
+    page.wait_for_selector("#clients-section:not(.hidden)", timeout=SETTLE_MS)
+    page.fill("#client-name", "billing-dash")
+    page.click("#client-add")
+    page.wait_for_selector("#confirm[open]", timeout=SETTLE_MS)
+    assert "shown once" in page.inner_text("#confirm-body")
+    page.fill("#confirm-reason", "client from the dashboard test")
+    page.click("#confirm-ok")
+    page.wait_for_selector("#client-key:not(.hidden)", timeout=SETTLE_MS)
+    key = page.inner_text("#client-key-value")
+    assert key.startswith("gg_") and page.inner_text("#client-key-for") == "billing-dash"
+    row = "#clients tr.client-row[data-client='billing-dash']"
+    playwright.expect(page.locator(f"{row} .client-state")).to_have_text("active", timeout=SETTLE_MS)
+    assert score_status(world, key) == 200  # the key the page showed works
+
+    page.click(f"{row} button[data-client-act='revoke']")
+    page.wait_for_selector("#confirm[open]", timeout=SETTLE_MS)
+    page.click("#confirm-ok")
+    playwright.expect(page.locator(f"{row} .client-state")).to_have_text("revoked", timeout=SETTLE_MS)
+    assert page.locator(f"{row} button").count() == 0  # nothing left to manage
+    assert score_status(world, key) == 401  # the page's gateway listed it revoked: it refuses the key
+    page.wait_for_selector("#audit li:has-text('client_revoke')", timeout=SETTLE_MS)
+    page.close()
 
 
 def test_a_drain_shows_within_seconds(browser: Any, world: World) -> None:
