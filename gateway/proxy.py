@@ -205,16 +205,9 @@ async def _score(request: web.Request, caller: Caller, usage: ClientBuckets | No
     cfg = gw.config
     task.validate(items, max_items=cfg.max_batch, max_chars=cfg.max_chars)
     call_deadline = deadline(request, cfg.default_deadline_ms)
-    charged = False
-
-    def charge(misses: int) -> Awaitable[None] | None:  # the item rate and quota, once, before a node is asked
-        nonlocal charged
-        if charged:  # a lookup again after a switch: the items were paid for the first time
-            return None
-        charged = True
-        assert usage is not None
-        return gw.limiter.charge(caller.name, usage, misses + (len(items) - misses) * cfg.cache_hit_cost)
-
+    # the item rate and quota, charged by the lookup before a node is asked
+    charge: Callable[[int], Awaitable[None] | None] | None = None if usage is None else (
+        lambda misses: gw.limiter.charge(caller.name, usage, misses + (len(items) - misses) * cfg.cache_hit_cost))
     for _ in range(REROUTES):
         route = gw.route(request, caller, items)
 
@@ -222,7 +215,8 @@ async def _score(request: web.Request, caller: Caller, usage: ClientBuckets | No
             answer = await gw.fetch(task.path, task.request(misses), task.response, route, request, call_deadline)
             return list(answer.results)
 
-        results = await gw.lookup(task.cache(gw), task.name, route, items, compute, charge if usage else None)
+        results = await gw.lookup(task.cache(gw), task.name, route, items, compute, charge)
+        charge = None  # a lookup again after a switch: the items were paid for by the first
         if gw.still_current(route, request, items):
             return route, results
     raise Unavailable(f"the active version changed {REROUTES} times during this call", retry_after_s=1)
