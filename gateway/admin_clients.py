@@ -10,7 +10,7 @@ once). Clients from the gateway's ``clients_file`` are listed but read-only here
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 from aiohttp import web
@@ -56,14 +56,21 @@ def _view(client: Client, source: str, now: datetime) -> dict[str, Any]:
             "limits": client.limits, "cert_names": client.cert_names, "disabled": client.disabled, "keys": keys}
 
 
-def _managed(gw: Gateway, name: str) -> Client:
-    found = gw.access.clients().get(name)
+B = TypeVar("B")
+
+
+async def _managed(request: web.Request, body_type: type[B]) -> tuple[tuple[Gateway, Admin, Principal], str, Client, B]:
+    """An admin's change to the client the path names, one the registry holds: who asks,
+    the name, the client as it is now, and the request's body."""
+    ctx = _ctx(request, "admin")
+    name = request.match_info["name"]
+    found = ctx[0].access.clients().get(name)
     if found is None:
         raise NotFound(f"no client {name[:64]!r}")
     client, source = found
     if source != "registry":
         raise Conflict(f"client {name!r} is defined in the gateway's clients_file; change it there")
-    return client
+    return ctx, name, client, await _body(request, body_type)
 
 
 async def _write(ctx: tuple[Gateway, Admin, Principal], name: str, mutate: Any, why: str, action: str,
@@ -100,11 +107,7 @@ async def create_client(request: web.Request) -> web.Response:
 
 
 async def change_client(request: web.Request) -> web.Response:
-    ctx = _ctx(request, "admin")
-    gw = ctx[0]
-    name = request.match_info["name"]
-    _managed(gw, name)
-    body: ClientChangeBody = await _body(request, ClientChangeBody)
+    ctx, name, _, body = await _managed(request, ClientChangeBody)
     changes = {f: getattr(body, f) for f in ("tasks", "regions", "limits", "cert_names", "disabled")
                if getattr(body, f) is not None}
     return await _write(ctx, name, lambda c: msgspec.structs.replace(_exists(c, name), **changes), body.reason,
@@ -112,11 +115,7 @@ async def change_client(request: web.Request) -> web.Response:
 
 
 async def rotate_key(request: web.Request) -> web.Response:
-    ctx = _ctx(request, "admin")
-    gw = ctx[0]
-    name = request.match_info["name"]
-    _managed(gw, name)
-    body: RotateBody = await _body(request, RotateBody)
+    ctx, name, _, body = await _managed(request, RotateBody)
     now = datetime.now(UTC)
     key, stored = new_key(now)
     until = (now + timedelta(seconds=body.overlap_s)).isoformat(timespec="seconds")
@@ -132,13 +131,10 @@ async def rotate_key(request: web.Request) -> web.Response:
 
 
 async def revoke_key(request: web.Request) -> web.Response:
-    ctx = _ctx(request, "admin")
-    gw = ctx[0]
-    name, key_id = request.match_info["name"], request.match_info["id"]
-    client = _managed(gw, name)
+    ctx, name, client, body = await _managed(request, ReasonBody)
+    key_id = request.match_info["id"]
     if not any(k.id == key_id for k in client.keys):
         raise NotFound(f"client {name!r} has no key {key_id[:16]!r}")
-    body = await _body(request, ReasonBody)
 
     def revoke(c: Client | None) -> Client:
         c = _exists(c, name)
@@ -149,11 +145,7 @@ async def revoke_key(request: web.Request) -> web.Response:
 
 
 async def revoke_client(request: web.Request) -> web.Response:
-    ctx = _ctx(request, "admin")
-    gw = ctx[0]
-    name = request.match_info["name"]
-    _managed(gw, name)
-    body = await _body(request, ReasonBody)
+    ctx, name, _, body = await _managed(request, ReasonBody)
     return await _write(ctx, name, lambda c: msgspec.structs.replace(_exists(c, name), disabled=True),
                         body.reason, "client_revoke")
 
