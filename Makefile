@@ -23,8 +23,12 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check --line-length 120 gateway node shared tests
-	$(VENV)/bin/mypy gateway node shared
+	$(VENV)/bin/ruff check gateway node shared tests
+	# mypy reads the packages by their installed names (geogate.gateway, ...): a tree of links
+	rm -rf build/typecheck && mkdir -p build/typecheck/geogate
+	for p in gateway node shared; do ln -s $(CURDIR)/$$p build/typecheck/geogate/$$p; done
+	cd build/typecheck && $(CURDIR)/$(VENV)/bin/mypy --config-file $(CURDIR)/setup.cfg \
+		-p geogate.gateway -p geogate.node -p geogate.shared
 
 bench: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[bench]'  # matplotlib, for the failover plot

@@ -1,32 +1,39 @@
-"""The gateway's aiohttp application: scoring routes, operations routes, one middleware."""
+"""The gateway's aiohttp application: the client API (data plane), the operations routes,
+the admin API and dashboard (control plane), and the one middleware every request passes."""
 
 from __future__ import annotations
 
 import logging
 import os
 import time
-from pathlib import Path
 
 from aiohttp import web
 from prometheus_client import generate_latest
 
-from gateway.access import Caller
-from gateway.admin import ADMIN, Admin, add_admin_routes
-from gateway.admin_clients import add_client_routes
-from gateway.openapi import OPENAPI
-from gateway.proxy import CALLER, GATEWAY, Gateway, Route, add_routes
-from shared.http import Handler, guarded, json_response, request_id
-from shared.schemas import encode
+from geogate.gateway.access.callers import Caller
+from geogate.gateway.control.admin import ADMIN, Admin, add_admin_routes
+from geogate.gateway.control.clients import add_client_routes
+from geogate.gateway.control.dashboard import dashboard
+from geogate.gateway.dataplane.handlers import add_routes
+from geogate.gateway.dataplane.openapi import OPENAPI
+from geogate.gateway.dataplane.pipeline import CALLER, DATA_PLANE, DataPlane, Route
+from geogate.shared.http import Handler, guarded, json_response, request_id
+from geogate.shared.schemas import encode
 
 __all__ = ["create_app"]
 
 log = logging.getLogger("geogate.gateway.http")
 access = logging.getLogger("geogate.gateway.access")
 
-def create_app(gateway: Gateway, admin: Admin | None = None, *, scoring: bool = True) -> web.Application:
+ACCESS_LOG = web.AppKey("access_log", bool)
+
+
+def create_app(plane: DataPlane, admin: Admin | None = None, *, scoring: bool = True,
+               access_log: bool = True) -> web.Application:
     """The client API and operations routes (``scoring``), and the admin API when given."""
-    app = web.Application(middlewares=[_middleware], client_max_size=gateway.config.max_body_bytes + 1)
-    app[GATEWAY] = gateway
+    app = web.Application(middlewares=[_middleware], client_max_size=plane.requests.max_body_bytes + 1)
+    app[DATA_PLANE] = plane
+    app[ACCESS_LOG] = access_log
     app.router.add_get("/healthz", healthz)
     if scoring:
         add_routes(app)
@@ -46,17 +53,6 @@ def create_app(gateway: Gateway, admin: Admin | None = None, *, scoring: bool = 
     return app
 
 
-DASHBOARD = Path(__file__).parent / "dashboard" / "index.html"
-
-
-async def dashboard(request: web.Request) -> web.Response:
-    """The ops page: static; its data comes from the admin API with the viewer's token."""
-    return web.Response(body=DASHBOARD.read_bytes(), content_type="text/html", charset="utf-8",
-                        headers={"Cache-Control": "no-cache", "Content-Security-Policy":
-                                 "default-src 'self'; style-src 'self' 'unsafe-inline'; script-src 'self' "
-                                 "'unsafe-inline'; img-src 'self' data:"})
-
-
 @web.middleware
 async def _middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id, the JSON error shape, metrics and the access log, in one pass."""
@@ -64,7 +60,7 @@ async def _middleware(request: web.Request, handler: Handler) -> web.StreamRespo
     rid = request_id(request)
     response = await guarded(handler, request, rid, log)
     response.headers["X-Request-ID"] = rid
-    gw = request.app[GATEWAY]
+    gw = request.app[DATA_PLANE]
     route: Route | None = request.get("route")
     resource = request.match_info.route.resource
     name = resource.canonical if resource is not None else "unmatched"
@@ -78,7 +74,7 @@ async def _middleware(request: web.Request, handler: Handler) -> web.StreamRespo
     caller: Caller | None = request.get(CALLER)
     if caller is not None:
         _observe_client(gw, caller.name, name, route, response.status, elapsed)
-    if gw.config.access_log and name not in ("/metrics", "/healthz", "/readyz"):
+    if request.app[ACCESS_LOG] and name not in ("/metrics", "/healthz", "/readyz"):
         access.info("%s %s %d", request.method, request.path, response.status, extra={
             "request_id": rid, "route": name, "status": response.status, "ms": round(elapsed * 1000, 2),
             "client": caller.name if caller else None, "via": caller.via if caller else None,
@@ -89,21 +85,20 @@ async def _middleware(request: web.Request, handler: Handler) -> web.StreamRespo
     return response
 
 
-def _observe(gw: Gateway, route: Route, status: int, ms: float) -> None:
+def _observe(gw: DataPlane, route: Route, status: int, ms: float) -> None:
     ok, hit, home = status < 500, route.cache == "hit", route.geo.region
     gw.stats("all").record(ms, ok=ok, hit=hit)
     gw.stats(f"color:{route.color}").record(ms, ok=ok, hit=hit)
     gw.stats(f"region:{route.served}").record(ms, ok=ok, hit=hit)
     gw.stats(f"home:{home}").record(ms, ok=ok, hit=hit)
-    drill = gw.drills.active if gw.drills is not None else None
-    if drill is not None and drill.report.region == home:
-        drill.observe(route.served, ok, ms)
+    for observe in gw.call_observers:
+        observe(home, route.served, ok, ms)
 
 
 _STATUS_CLASS = {n: f"{n}xx" for n in range(1, 6)}
 
 
-def _observe_client(gw: Gateway, client: str, name: str, route: Route | None, status: int, elapsed: float) -> None:
+def _observe_client(gw: DataPlane, client: str, name: str, route: Route | None, status: int, elapsed: float) -> None:
     """Per calling service: calls by status class (429 on its own), items, latency, recent stats."""
     m = gw.metrics
     m.client_requests.inc((client, name, "429" if status == 429 else _STATUS_CLASS[status // 100]))
@@ -120,13 +115,10 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     """Ready when the registry snapshot is loaded and some node serves its active color."""
-    gw = request.app[GATEWAY]
+    gw = request.app[DATA_PLANE]
     snapshot = gw.watcher.snapshot
     version = snapshot.active_version()
-    serving = [
-        region for region in sorted({n.spec.region for n in gw.balancer.health.nodes.values()})
-        if version and gw.balancer.candidates(region, snapshot.active_color, version)
-    ]
+    serving = gw.balancer.serving_regions(snapshot.active_color, version) if version else []
     ready = snapshot.epoch > 0 and bool(serving)
     body = {"status": "ready" if ready else "not_ready", "pid": os.getpid(), "epoch": snapshot.epoch, "active_color": snapshot.active_color,
             "model_version": version, "regions_serving": serving, "registry_age_s": round(gw.watcher.age_s, 3)}
@@ -134,13 +126,13 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    gw = request.app[GATEWAY]
+    gw = request.app[DATA_PLANE]
     gw.metrics.registry_epoch.set(gw.watcher.snapshot.epoch)
     age = gw.watcher.age_s
     gw.metrics.registry_age.set(age if age != float("inf") else -1)
     snapshot = gw.watcher.snapshot
     skew: dict[tuple[str, ...], int] = {}
-    for node in gw.balancer.health.nodes.values():
+    for node in gw.nodes:
         info = snapshot.colors.get(node.spec.color)
         key = (node.spec.region, node.spec.color)
         skew[key] = skew.get(key, 0) + bool(info and node.model_version and node.model_version != info.model_version)

@@ -1,4 +1,5 @@
-"""``geogate gateway``: run one gateway process."""
+"""``geogate gateway`` (run one gateway process) and ``geogate geoip`` (GeoIP database
+tools), registered as entry points of the ``geogate`` command."""
 
 from __future__ import annotations
 
@@ -7,13 +8,25 @@ import logging
 import multiprocessing
 import os
 import sys
+from pathlib import Path
 
-from gateway.topology import Topology, load_topology
-from shared.config import ConfigError, GatewayConfig, add_arguments, build_config
-from shared.logs import setup_logging
-from shared.runtime import run as run_service
+from geogate.gateway.config import GatewayConfig
+from geogate.gateway.routing.topology import Topology, load_topology
+from geogate.shared.config import ConfigError, add_arguments, build_config
+from geogate.shared.logs import setup_logging
+from geogate.shared.runtime import run as run_service
 
-__all__ = ["add_parser"]
+__all__ = ["add_geoip_parser", "add_parser"]
+
+GATEWAY_EXAMPLES = """\
+examples:
+  geogate gateway --config gateway.yaml
+  geogate gateway --config gateway.yaml --region eu-central --port 8443 --tls-cert cert.pem --tls-key key.pem
+  GEOGATE_REGISTRY_URL=redis://redis:6379/0 geogate gateway --config gateway.yaml --allow-anonymous
+
+The file's gateway: section holds these settings (grouped in the sections below); its
+top-level regions:, countries: and nodes: describe the topology (docs/configuration.md).
+"""
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -21,8 +34,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "gateway",
         help="run a gateway",
         description="Route address-model calls by client region to healthy nodes of the active color. "
-        "Every flag can also be set as GEOGATE_<FLAG> or in --config FILE (section gateway:); the same file's "
-        "regions:, countries: and nodes: describe the topology.",
+        "Every flag can also be set as GEOGATE_<FLAG> or in --config FILE.",
+        epilog=GATEWAY_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_arguments(parser, GatewayConfig)
     parser.set_defaults(run=run)
@@ -60,6 +73,45 @@ def run(args: argparse.Namespace) -> int:
 def _serve(config: GatewayConfig, topology: Topology) -> int:
     setup_logging(config.log_level, json_lines=config.log_format == "json", region=config.region, service="gateway",
                   pid=str(os.getpid()))
-    from gateway.server import serve
+    from geogate.gateway.server import serve
 
     return run_service(serve(config, topology))
+
+
+def add_geoip_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from geogate.gateway.dataplane.geoip_build import default_output
+
+    geoip = subparsers.add_parser("geoip", help="GeoIP database tools",
+                                  description="Databases that place a client address in a country.")
+    geoip_sub = geoip.add_subparsers(dest="geoip_command", required=True, metavar="COMMAND")
+    build = geoip_sub.add_parser(
+        "build",
+        help="build an offline country .mmdb from Debian's tor-geoipdb (IPFire Location data, CC BY-SA 4.0)",
+        description="Convert the IP ranges of Debian's tor-geoipdb package (apt-get install tor-geoipdb) into a "
+        "MaxMind-format country database the gateway reads. Data: IPFire Location, CC BY-SA 4.0. Gateways and "
+        "geogate up use it by default once it exists.",
+        epilog="example:\n  apt-get install tor-geoipdb && geogate geoip build",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    build.add_argument("--source", type=Path, default=Path("/usr/share/tor"),
+                       help="folder with geoip and geoip6 (default: %(default)s)")
+    build.add_argument("--out", type=Path, default=default_output(), help="output file (default: %(default)s)")
+    build.set_defaults(run=_geoip_build)
+
+
+def _geoip_build(args: argparse.Namespace) -> int:
+    from geogate.gateway.dataplane.geoip_build import ATTRIBUTION, build
+
+    v4, v6 = args.source / "geoip", args.source / "geoip6"
+    if not v4.is_file():
+        print(f"geogate geoip build: {v4} not found; install Debian's tor-geoipdb (apt-get install tor-geoipdb) "
+              "or pass --source", file=sys.stderr)
+        return 2
+    try:
+        stats = build(v4, v6 if v6.is_file() else None, args.out, lambda line: print(line, flush=True))
+    except ValueError as exc:
+        print(f"geogate geoip build: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {stats.output}: {stats.countries} countries, {stats.networks} networks from {stats.ranges} ranges "
+          f"in {stats.seconds:.0f}s\ndata: {ATTRIBUTION}")
+    return 0

@@ -1,16 +1,18 @@
-"""The scoring node's HTTP routes (DESIGN.md wire contracts) and its one middleware."""
+"""The scoring node's HTTP routes (docs/design.md's wire contracts) and its one middleware."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import msgspec
 from aiohttp import web
 
-from node.metrics import NodeMetrics
-from node.service import NodeService
-from shared.http import (
+from geogate.node.metrics import NodeMetrics
+from geogate.node.service import NodeService
+from geogate.shared.http import (
     Handler,
     deadline,
     guarded,
@@ -18,7 +20,7 @@ from shared.http import (
     read_body,
     request_id,
 )
-from shared.schemas import (
+from geogate.shared.schemas import (
     CompatParseRequest,
     CompatParseResponse,
     MatchRequest,
@@ -84,48 +86,49 @@ async def _middleware(request: web.Request, handler: Handler) -> web.StreamRespo
     return response
 
 
+B = TypeVar("B")
+I = TypeVar("I")
+R = TypeVar("R")
+
+
+async def _serve(request: web.Request, body_type: type[B], items: Callable[[B], list[I]],
+                 validate: Callable[..., None], max_items: int | None,
+                 score: Callable[[NodeService, list[I], float], Awaitable[list[R]]],
+                 answer: Callable[[list[R], NodeService], object]) -> web.Response:
+    """The one request path of every scoring route: read and decode the body, validate
+    its items, score them within the caller's deadline, encode the answer."""
+    service = request.app[SERVICE]
+    cfg = service.config
+    body = decode(await read_body(request, cfg.max_body_bytes), body_type)
+    batch = items(body)
+    validate(batch, max_items=max_items or cfg.max_batch, max_chars=cfg.max_chars)
+    results = await score(service, batch, deadline(request, cfg.default_deadline_ms))
+    return json_response(encode(answer(results, service)))
+
+
 def _identity(service: NodeService) -> tuple[str, str, str]:
     assert service.model is not None  # scoring only runs once the model is loaded
     return service.model.model_version, service.config.color, service.config.region
 
 
 async def similarity(request: web.Request) -> web.Response:
-    service = request.app[SERVICE]
-    cfg = service.config
-    body = decode(await read_body(request, cfg.max_body_bytes), SimilarityRequest)
-    validate_pairs(body.pairs, max_items=cfg.max_batch, max_chars=cfg.max_chars)
-    results = await service.similarity(body.pairs, deadline(request, cfg.default_deadline_ms))
-    version, color, region = _identity(service)
-    return json_response(encode(SimilarityResponse(results, version, color, region)))
+    return await _serve(request, SimilarityRequest, lambda b: b.pairs, validate_pairs, None, NodeService.similarity,
+                        lambda results, service: SimilarityResponse(results, *_identity(service)))
 
 
 async def parse(request: web.Request) -> web.Response:
-    service = request.app[SERVICE]
-    cfg = service.config
-    body = decode(await read_body(request, cfg.max_body_bytes), ParseRequest)
-    validate_addresses(body.addresses, max_items=cfg.max_batch, max_chars=cfg.max_chars)
-    results = await service.parse(body.addresses, deadline(request, cfg.default_deadline_ms))
-    version, color, region = _identity(service)
-    return json_response(encode(ParseResponse(results, version, color, region)))
+    return await _serve(request, ParseRequest, lambda b: b.addresses, validate_addresses, None, NodeService.parse,
+                        lambda results, service: ParseResponse(results, *_identity(service)))
 
 
 async def compat_match(request: web.Request) -> web.Response:
-    service = request.app[SERVICE]
-    cfg = service.config
-    body = decode(await read_body(request, cfg.max_body_bytes), MatchRequest)
-    pair = (body.address1, body.address2)
-    validate_pairs([pair], max_items=1, max_chars=cfg.max_chars)
-    (result,) = await service.similarity([pair], deadline(request, cfg.default_deadline_ms))
-    return json_response(encode(MatchResponse(similarity=result.score)))
+    return await _serve(request, MatchRequest, lambda b: [(b.address1, b.address2)], validate_pairs, 1,
+                        NodeService.similarity, lambda results, _: MatchResponse(similarity=results[0].score))
 
 
 async def compat_parse(request: web.Request) -> web.Response:
-    service = request.app[SERVICE]
-    cfg = service.config
-    body = decode(await read_body(request, cfg.max_body_bytes), CompatParseRequest)
-    validate_addresses([body.address], max_items=1, max_chars=cfg.max_chars)
-    (result,) = await service.parse([body.address], deadline(request, cfg.default_deadline_ms))
-    return json_response(encode(CompatParseResponse(elements=result.elements)))
+    return await _serve(request, CompatParseRequest, lambda b: [b.address], validate_addresses, 1,
+                        NodeService.parse, lambda results, _: CompatParseResponse(elements=results[0].elements))
 
 
 async def live(request: web.Request) -> web.Response:

@@ -26,8 +26,8 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from node.backends.base import TaskRunner
-from shared.errors import DeadlineExceeded, ModelError, Overloaded, Unavailable
+from geogate.node.backends.base import TaskRunner
+from geogate.shared.errors import DeadlineExceeded, ModelError, Overloaded, Unavailable
 
 __all__ = ["BatchObserver", "Batcher"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from node.batcher import BatchObserver
+from geogate.node.batcher import BatchObserver
 
 __all__ = ["NodeMetrics"]
 

@@ -23,10 +23,10 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from node.backends.base import Task
-from node.backends.modelscope_backend import MS_TASKS
-from node.identity import METADATA_FILE, read_metadata, weights_checksum
-from shared.schemas import LABELS
+from geogate.node.backends.base import Task
+from geogate.node.backends.modelscope_backend import MS_TASKS
+from geogate.node.identity import METADATA_FILE, read_metadata, weights_checksum
+from geogate.shared.schemas import LABELS
 
 if TYPE_CHECKING:
     import torch

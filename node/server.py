@@ -1,7 +1,12 @@
-"""The node process: serve -> start (load, warm) -> main loop -> shutdown (drain).
+"""The node process on the start-up / serve / shutdown shape (``shared.lifecycle``).
 
-On SIGTERM or SIGINT the node stops taking new work (readiness 503, new calls 503),
-finishes every accepted request within ``drain_timeout_s``, then closes the listener.
+Start-up: the service, then the listener (``/health/live`` answers at once and
+``/health/ready`` says 503 while the model loads), then the model load in the background.
+The main loop waits for the load and, once the model serves, publishes the heartbeat;
+it ends on SIGTERM or SIGINT, or with a non-zero code when the model cannot load.
+Shutdown runs the other way round: the heartbeat goes first (gateways stop sending new
+work), then queued work drains within ``drain_timeout_s`` (new calls get 503), then the
+listener and the model's threads close.
 """
 
 from __future__ import annotations
@@ -9,22 +14,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import ssl
+from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 
 from aiohttp import web
 
-from node.app import create_app
-from node.identity import ChecksumMismatch
-from node.metrics import NodeMetrics
-from node.service import NodeService
-from shared.config import NodeConfig
-from shared.heartbeats import HeartbeatPublisher, Heartbeats, NodeHeartbeat
-from shared.http import AppRunner
-from shared.store import open_store
+from geogate.node.app import create_app
+from geogate.node.config import NodeConfig
+from geogate.node.identity import ChecksumMismatch
+from geogate.node.metrics import NodeMetrics
+from geogate.node.service import NodeService
+from geogate.shared.heartbeats import HeartbeatPublisher, Heartbeats, NodeHeartbeat
+from geogate.shared.http import AppRunner
+from geogate.shared.lifecycle import Service, Step, cancel
+from geogate.shared.store import open_store
 
-__all__ = ["EXIT_BAD_MODEL", "EXIT_LOAD_FAILED", "serve"]
+__all__ = ["EXIT_BAD_MODEL", "EXIT_LOAD_FAILED", "NodeServer", "serve"]
 
 log = logging.getLogger("geogate.node")
 
@@ -32,68 +38,74 @@ EXIT_LOAD_FAILED = 1
 EXIT_BAD_MODEL = 3  # the weights are not the ones --expect-sha256 names: do not restart blindly
 
 
+class NodeServer(Service):
+    def __init__(self, config: NodeConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.url = config.advertise_url or f"{'https' if config.tls_cert else 'http'}://{config.host}:{config.port}"
+        self.started_at = datetime.now(UTC).isoformat(timespec="seconds")
+
+    def steps(self) -> list[tuple[str, Step]]:
+        return [("service", self._create_service), ("listener", self._listen), ("model", self._load_model)]
+
+    async def _create_service(self, stack: AsyncExitStack) -> None:
+        self.service = NodeService(self.config, NodeMetrics())
+        stack.push_async_callback(self.service.close)
+
+    async def _listen(self, stack: AsyncExitStack) -> None:
+        cfg = self.config
+        runner = AppRunner(create_app(self.service), access_log=None, handle_signals=False, shutdown_timeout=5)
+        await runner.setup()
+        stack.push_async_callback(runner.cleanup)
+        server_ssl = None
+        if cfg.tls_cert and cfg.tls_key:
+            server_ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            server_ssl.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+        await web.TCPSite(runner, cfg.host, cfg.port, ssl_context=server_ssl, backlog=2048).start()
+        log.info("listening on %s://%s:%d (region %s, color %s)", "https" if server_ssl else "http", cfg.host,
+                 cfg.port, cfg.region, cfg.color)
+
+    async def _load_model(self, stack: AsyncExitStack) -> None:
+        self.loading = asyncio.create_task(self.service.start(), name="node-start")
+        stack.push_async_callback(cancel, self.loading)
+        stack.push_async_callback(self._drain)  # before the listener closes: accepted work finishes
+        self.stack = stack
+
+    async def _drain(self) -> None:
+        log.info("draining (up to %.0f s)", self.config.drain_timeout_s)
+        if not await self.service.drain(self.config.drain_timeout_s):
+            log.warning("drain timed out; unfinished calls are answered 503")
+
+    async def main_loop(self) -> int:
+        stop = asyncio.create_task(self.should_exit.wait(), name="node-stop")
+        try:
+            await asyncio.wait({self.loading, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if self.loading.done() and (exc := self.loading.exception()) is not None:
+            log.error("model failed to load: %s", exc, exc_info=exc)
+            return EXIT_BAD_MODEL if isinstance(exc, ChecksumMismatch) else EXIT_LOAD_FAILED
+        if self.loading.done():
+            await self._start_heartbeat()
+        await self.should_exit.wait()
+        log.info("signal received: stopping")
+        return 0
+
+    async def _start_heartbeat(self) -> None:
+        cfg, model = self.config, self.service.model
+        if not cfg.registry_url or model is None:
+            return
+        beat = NodeHeartbeat(region=cfg.region, color=cfg.color, url=self.url, model_version=model.model_version,
+                             sha256=model.checksum, started_at=self.started_at, pid=os.getpid())
+        store = open_store(cfg.registry_url)
+        self.stack.push_async_callback(store.close)
+        publisher = HeartbeatPublisher(Heartbeats(store, ttl_s=cfg.heartbeat_ttl_s), beat)
+        publisher.start()
+        self.stack.push_async_callback(publisher.stop)  # the first thing shutdown does
+        log.info("publishing heartbeats to %s every %.1f s", store.name, cfg.heartbeat_ttl_s / 3)
+
+
 async def serve(config: NodeConfig) -> int:
-    started_at = datetime.now(UTC).isoformat(timespec="seconds")
-    service = NodeService(config, NodeMetrics())
-    runner = AppRunner(create_app(service), access_log=None, handle_signals=False, shutdown_timeout=5)
-    await runner.setup()
-    server_ssl = None
-    if config.tls_cert and config.tls_key:
-        server_ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        server_ssl.load_cert_chain(config.tls_cert, config.tls_key)
-    site = web.TCPSite(runner, config.host, config.port, ssl_context=server_ssl, backlog=2048)
-    await site.start()
-    log.info("listening on %s (region %s, color %s)", _own_url(config), config.region, config.color)
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-
-    exit_code = 0
-    starter = asyncio.create_task(service.start(), name="node-start")
-    stopper = asyncio.create_task(stop.wait(), name="node-stop")
-    await asyncio.wait({starter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    if starter.done() and starter.exception() is not None:
-        exc = starter.exception()
-        log.error("model failed to load: %s", exc, exc_info=exc)
-        exit_code = EXIT_BAD_MODEL if isinstance(exc, ChecksumMismatch) else EXIT_LOAD_FAILED
-    else:
-        heartbeat = _start_heartbeat(config, service, started_at)
-        await stopper
-        log.info("signal received: draining (up to %.0f s)", config.drain_timeout_s)
-        if heartbeat is not None:  # gateways stop sending new work before the drain
-            await heartbeat.stop(deregister=True)
-            await heartbeat.heartbeats.store.close()
-
-    stopper.cancel()
-    drained = await service.drain(config.drain_timeout_s)
-    if not drained:
-        log.warning("drain timed out; unfinished calls are answered 503")
-    await runner.cleanup()
-    await service.close()
-    starter.cancel()
+    code = await NodeServer(config).serve()
     log.info("stopped")
-    return exit_code
-
-
-def _start_heartbeat(config: NodeConfig, service: NodeService, started_at: str) -> HeartbeatPublisher | None:
-    if not config.registry_url or service.model is None:
-        return None
-    beat = NodeHeartbeat(
-        region=config.region,
-        color=config.color,
-        url=config.advertise_url or _own_url(config),
-        model_version=service.model.model_version,
-        sha256=service.model.checksum,
-        started_at=started_at,
-        pid=os.getpid(),
-    )
-    publisher = HeartbeatPublisher(Heartbeats(open_store(config.registry_url), ttl_s=config.heartbeat_ttl_s), beat)
-    publisher.start()
-    log.info("publishing heartbeats to %s every %.1f s", publisher.heartbeats.store.name, config.heartbeat_ttl_s / 3)
-    return publisher
-
-
-def _own_url(config: NodeConfig) -> str:
-    return f"{'https' if config.tls_cert else 'http'}://{config.host}:{config.port}"
+    return code

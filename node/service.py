@@ -14,15 +14,15 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
-from node.backends import load_model
-from node.backends.base import LoadedModel, LoadSpec, Pair, Task
-from node.batcher import Batcher
-from node.faults import Faults
-from node.identity import ChecksumMismatch
-from node.metrics import NodeMetrics
-from shared.config import NodeConfig
-from shared.errors import ModelError, Unavailable
-from shared.schemas import ParseResult, SimilarityResult
+from geogate.node.backends import load_model
+from geogate.node.backends.base import LoadedModel, LoadSpec, Pair, Task
+from geogate.node.batcher import Batcher
+from geogate.node.config import NodeConfig
+from geogate.node.faults import Faults
+from geogate.node.identity import ChecksumMismatch
+from geogate.node.metrics import NodeMetrics
+from geogate.shared.errors import ModelError, Unavailable
+from geogate.shared.schemas import ParseResult, SimilarityResult
 
 __all__ = ["NodeService", "State"]
 

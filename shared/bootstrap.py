@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import aiohttp
 import msgspec
 
-from shared.registry import ColorInfo, Registry, RegistryRecord
+from geogate.shared.registry import ColorInfo, Registry, RegistryRecord
 
 __all__ = ["BootstrapError", "NodeIdentity", "colors_of", "read_identities", "seed_registry"]
 

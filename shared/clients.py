@@ -23,7 +23,7 @@ from typing import Any
 import msgspec
 import yaml
 
-from shared.errors import InvalidRequest
+from geogate.shared.errors import InvalidRequest
 
 __all__ = [
     "TASKS",

@@ -18,8 +18,8 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 
-from shared.errors import StoreUnavailable
-from shared.store import Store
+from geogate.shared.errors import StoreUnavailable
+from geogate.shared.store import Store
 
 __all__ = ["GatewayHeartbeat", "HeartbeatPublisher", "Heartbeats", "NodeHeartbeat", "TopologyNode", "merge_topology"]
 

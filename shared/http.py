@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
-from shared.errors import (
+from geogate.shared.errors import (
     ExpectationFailed,
     GeogateError,
     InvalidHeader,

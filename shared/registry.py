@@ -31,9 +31,10 @@ from typing import Literal
 
 import msgspec
 
-from shared.clients import Client, check_client
-from shared.errors import Conflict, InvalidRequest, StoreUnavailable
-from shared.store import Store
+from geogate.shared.clients import Client, check_client
+from geogate.shared.errors import Conflict, InvalidRequest, StoreUnavailable
+from geogate.shared.lifecycle import cancel
+from geogate.shared.store import Store
 
 __all__ = [
     "AuditEntry",
@@ -296,9 +297,7 @@ class RegistryWatcher:
         ]
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel(*self._tasks)
         self._tasks = []
 
     async def refresh(self) -> RegistryRecord:

@@ -11,7 +11,7 @@ from typing import Final, TypeVar
 
 import msgspec
 
-from shared.errors import BatchTooLarge, InputTooLong, InvalidJSON, InvalidRequest
+from geogate.shared.errors import BatchTooLarge, InputTooLong, InvalidJSON, InvalidRequest
 
 __all__ = [
     "LABELS",

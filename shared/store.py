@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from shared.errors import Conflict, StoreUnavailable
+from geogate.shared.errors import Conflict, StoreUnavailable
 
 __all__ = [
     "MemoryStore",
@@ -283,6 +283,15 @@ class MemoryStore:
 
 # ---------------------------------------------------------------------------- Redis
 
+
+def raise_if_cancelled() -> None:
+    """Re-raise a cancellation redis-py swallowed: on Python 3.11 its ``asyncio.wait_for``
+    can lose a cancel that lands as the call completes, and a loop around such a call
+    would then never end (a watcher's close() waited forever)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
 # KEYS: record, counter, audit stream (optional). ARGV: expected, value, channel ('' for
 # none), maxlen, new counter, then audit field/value pairs. One script, so the check, the write, the
 # publish and the audit entry happen as one step: no writer can slip in between.
@@ -486,6 +495,7 @@ class RedisStore:
                         message = await pubsub.get_message(timeout=1.0)
                     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
                         raise StoreUnavailable(f"subscription to {channel} on {self.name} lost: {exc}") from exc
+                    raise_if_cancelled()
                     if message is not None and message["type"] == "message":
                         yield message["data"]
 

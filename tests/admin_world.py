@@ -15,10 +15,13 @@ from pathlib import Path
 import yaml
 from helpers import GatewayProcess, NodeProcess, RedisSentinel, RedisServer, free_port, seed_registry_from
 
-from gateway.auth import hash_token
+from geogate.gateway.config import GatewayConfig
+from geogate.gateway.control.auth import hash_token
+from geogate.gateway.launcher.plan import TEST_GEOIP_DB
+from geogate.shared.config import nested
 
 PROXY = Path(__file__).parent / "chaos" / "tcp_proxy.py"
-GEOIP = Path(__file__).parent / "data" / "geoip" / "GeoIP2-Country-Test.mmdb"
+GEOIP = TEST_GEOIP_DB  # MaxMind's test database, shipped for geogate up
 EU, US = "89.160.20.113", "50.114.0.1"  # SE and US in MaxMind's test database
 TOKENS = {"viewer": "vera-token-0123456789abcdef", "operator": "otto-token-0123456789abcdef",
           "admin": "ada-token-0123456789abcdef"}
@@ -99,9 +102,9 @@ def two_region_world(tmp: Path, *, proxied: str | None = None, sentinel: bool = 
                                                      for r, t in TOKENS.items()]}))
         config = tmp / "gateway.yaml"
         config.write_text(yaml.safe_dump({
-            "gateway": {"trusted_proxies": "127.0.0.0/8", "geoip_db": str(GEOIP), "probe_interval_s": 0.2,
+            "gateway": nested(GatewayConfig, {"trusted_proxies": "127.0.0.0/8", "geoip_db": str(GEOIP), "probe_interval_s": 0.2,
                         "deep_probe_interval_s": 0, "cache_ttl_s": 0, "admin_tokens_file": str(tokens),
-                        "watch_window_s": 20, "watch_min_calls": 10, "registry_url": store_url, **gateway},
+                        "watch_window_s": 20, "watch_min_calls": 10, "registry_url": store_url, **gateway}),
             "regions": {"eu-central": {"failover": ["us-east"]}, "us-east": {"failover": ["eu-central"]}},
             "countries": {"SE": "eu-central", "GB": "eu-central", "US": "us-east"},
             "nodes": [{"region": n.rsplit("-", 1)[0], "color": n.rsplit("-", 1)[1], "url": urls[n]} for n in nodes],

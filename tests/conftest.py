@@ -11,7 +11,7 @@ import hypothesis  # noqa: F401  (see below)
 import pytest
 from helpers import NodeProcess, RedisServer
 
-from shared.store import MemoryStore, RedisStore, Store
+from geogate.shared.store import MemoryStore, RedisStore, Store
 
 # hypothesis' pytest plugin imports hypothesis in the terminal summary when no test did;
 # pytest's assertion rewriting then parses it deep inside pluggy's hooks, where CPython

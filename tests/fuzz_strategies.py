@@ -29,7 +29,7 @@ from urllib.parse import quote, unquote
 import msgspec
 from hypothesis import strategies as st
 
-from shared.config import DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CHARS
+from geogate.shared.config import DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CHARS
 
 __all__ = ["ADMIN_MAX_BODY", "KNOWN_REGIONS", "MAX_BODY", "REQUEST_ID_RE", "Request",
            "admin_requests", "client_requests", "harmful"]
@@ -645,8 +645,8 @@ def harmful(route: str, path_args: tuple[str, ...], role: str | None, data: byte
     """Would this admin call break the world for later examples (a failed or drained
     region, a new color, a running drill)? The guard decodes with the gateway's own
     body types, so a body it lets through is rejected by the gateway the same way."""
-    from gateway.admin import ColorBody, DrillBody, ReasonBody
-    from gateway.admin_clients import NewClientBody
+    from geogate.gateway.control.admin import ColorBody, DrillBody, ReasonBody
+    from geogate.gateway.control.clients import NewClientBody
 
     level = ROLE_FOR.get(role or "", -1)
     if route == "clients":  # a few fuzz clients at most: thousands would bloat the registry record

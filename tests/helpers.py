@@ -50,7 +50,7 @@ class NodeProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = tmp / f"{command}-{self.port}.log"
-        self.cmd = [sys.executable, "-m", "shared.cli", command, "--port", str(self.port), "--log-format", "text", *args]
+        self.cmd = [sys.executable, "-m", "geogate.shared.cli", command, "--port", str(self.port), "--log-format", "text", *args]
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
         self.start()
 
@@ -221,7 +221,7 @@ def build_tiny_bundle(out: Path, *, tasks: tuple[str, ...] = ("similarity", "par
     second: for tests of the loading code that do not depend on what the model learned."""
     from transformers import BertConfig, BertForSequenceClassification, BertForTokenClassification, BertTokenizerFast
 
-    from node.backends.tags import tag_set
+    from geogate.node.backends.tags import tag_set
 
     chars = sorted(set("浙江省杭州市余杭区五常街道文一西路号阿里巴巴西溪园区楼层上海黄浦南京东北京海淀中关村大街"))
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *"0123456789", *(f"##{d}" for d in range(10))]
@@ -249,9 +249,9 @@ def build_tiny_bundle(out: Path, *, tasks: tuple[str, ...] = ("similarity", "par
 async def seed_registry_from(store_url: str, nodes: list[NodeProcess], regions: list[str]) -> dict[str, tuple[str, str]]:
     """The registry seeded (blue active) from what ``nodes`` report, as a deployment does it;
     returns each color's (version, checksum)."""
-    from shared.bootstrap import read_identities, seed_registry
-    from shared.registry import Registry
-    from shared.store import open_store
+    from geogate.shared.bootstrap import read_identities, seed_registry
+    from geogate.shared.registry import Registry
+    from geogate.shared.store import open_store
 
     identities = await read_identities([n.url for n in nodes], wait_s=STARTUP_S)
     store = open_store(store_url)  # redis:// or redis+sentinel://

@@ -28,8 +28,10 @@ import yaml
 from admin_world import GEOIP, TOKENS, auth
 from helpers import REPO, GatewayProcess, NodeProcess, RedisServer, scrape, seed_registry_from, wait_until
 
-from gateway.auth import hash_token
-from shared.clients import hash_key
+from geogate.gateway.config import GatewayConfig
+from geogate.gateway.control.auth import hash_token
+from geogate.shared.clients import hash_key
+from geogate.shared.config import nested
 
 GB, US = "81.2.69.160", "50.114.0.1"  # MaxMind's test database: GB (eu-central) and US (us-east)
 NO_ANONYMOUS = {"GEOGATE_ALLOW_ANONYMOUS": "false"}
@@ -62,9 +64,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                                                      for r, t in TOKENS.items()]}))
         config = tmp / "gateway.yaml"
         config.write_text(yaml.safe_dump({
-            "gateway": {"trusted_proxies": "127.0.0.0/8", "geoip_db": str(GEOIP), "probe_interval_s": 0.2,
+            "gateway": nested(GatewayConfig, {"trusted_proxies": "127.0.0.0/8", "geoip_db": str(GEOIP), "probe_interval_s": 0.2,
                         "deep_probe_interval_s": 0, "admin_tokens_file": str(tokens), "registry_url": redis.url,
-                        "cache_hit_cost": 0.1},
+                        "cache_hit_cost": 0.1}),
             "regions": {"eu-central": {"failover": ["us-east"]}, "us-east": {"failover": ["eu-central"]}},
             "countries": {"GB": "eu-central", "US": "us-east"},
             "nodes": [{"region": "eu-central", "color": "blue", "url": nodes[0].url},
@@ -392,7 +394,7 @@ def test_admin_cli_manages_clients(world: World) -> None:
     common = ["--url", world.eu.url, "--token-file", str(token)]
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "shared.cli", "admin", *args, *common], cwd=REPO,
+        return subprocess.run([sys.executable, "-m", "geogate.shared.cli", "admin", *args, *common], cwd=REPO,
                               capture_output=True, text=True, timeout=60, check=False)
 
     done = cli("client-add", "cli-made", "--tasks", "parse", "--rps", "50", "--reason", "from the CLI")

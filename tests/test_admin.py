@@ -21,9 +21,9 @@ import pytest
 from admin_world import EU, NAMES, TOKENS, US, World, auth, two_region_world
 from helpers import REPO, GatewayProcess, NodeProcess, wait_until
 
-from gateway.auth import hash_token
-from node.demo import DEMO_MODELS
-from shared.bootstrap import read_identities
+from geogate.gateway.control.auth import hash_token
+from geogate.node.demo import DEMO_MODELS
+from geogate.shared.bootstrap import read_identities
 
 
 @pytest.fixture(scope="module")
@@ -405,7 +405,7 @@ async def test_drill_report_matches_what_the_clients_saw(world: World, http: aio
 def test_admin_cli_tables_and_json(world: World) -> None:
     token = world.tmp / "otto.token"
     token.write_text(TOKENS["operator"])
-    cli = [sys.executable, "-m", "shared.cli", "admin"]
+    cli = [sys.executable, "-m", "geogate.shared.cli", "admin"]
     common = ["--url", world.a.url, "--token-file", str(token)]
     done = subprocess.run([*cli, "status", *common], cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
@@ -430,7 +430,7 @@ async def test_admin_api_on_its_own_port_and_tls_only(world: World, http: aiohtt
     port = free_port()
     gw = GatewayProcess(world.tmp, "--config", str(world.config), "--region", "eu-central", "--admin-port", str(port))
     plain = GatewayProcess(world.tmp, "--config", str(world.config), "--region", "eu-central",
-                           "--admin-tls-only", "true")
+                           "--admin-tls-only")
     try:
         await gw.wait_ready()
         await plain.wait_ready()

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from helpers import build_tiny_bundle
 
-from node.backends import load_model
-from node.backends.base import LoadSpec
+from geogate.node.backends import load_model
+from geogate.node.backends.base import LoadSpec
 
 PAIRS = [("浙江省杭州市余杭区文一西路969号", "杭州余杭文一西路969号"), ("上海黄浦南京东路", "北京海淀中关村大街")]
 TEXTS = ["浙江省杭州市余杭区文一西路969号", "上海市"]
@@ -99,8 +99,8 @@ def test_encoder_gives_the_tensors_transformers_gives() -> None:
     import torch
     from transformers import AutoTokenizer
 
-    from node.backends.transformers_backend import Encoder
-    from node.demo import DEMO_MODEL_DIR, synth
+    from geogate.node.backends.transformers_backend import Encoder
+    from geogate.node.demo import DEMO_MODEL_DIR, synth
 
     path = DEMO_MODEL_DIR / "similarity"
     reference = AutoTokenizer.from_pretrained(path)

@@ -15,8 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from helpers import wait_until
 
-from node.batcher import Batcher, BatchObserver
-from shared.errors import DeadlineExceeded, ModelError, Overloaded, Unavailable
+from geogate.node.batcher import Batcher, BatchObserver
+from geogate.shared.errors import DeadlineExceeded, ModelError, Overloaded, Unavailable
 
 
 class RecordingRunner:

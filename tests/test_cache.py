@@ -9,9 +9,9 @@ import pytest
 import redis.asyncio as redis
 from helpers import RedisServer, wait_until
 
-from gateway.cache import ResultCache, normalize
-from shared.schemas import Element, ParseResult, SimilarityResult
-from shared.store import MemoryStore, RedisStore, Store
+from geogate.gateway.dataplane.cache import ResultCache, normalize
+from geogate.shared.schemas import Element, ParseResult, SimilarityResult
+from geogate.shared.store import MemoryStore, RedisStore, Store
 
 V1, V2 = "mgeo_demo_tiny-synth_v1-20261124T0144Z", "mgeo_demo_tiny-synth_v2-20261124T0200Z"
 Pair = tuple[str, str]

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.config import ConfigError, NodeConfig, build_config
+from geogate.node.config import NodeConfig
+from geogate.shared.config import ConfigError, build_config
 
 
 def test_precedence_file_env_flags(tmp_path: Path) -> None:

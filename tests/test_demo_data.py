@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from node.backends.tags import decode_tags, encode_tags, tag_set
-from node.demo import DEMO_MODEL_DIR, DEMO_MODELS, synth
-from node.identity import METADATA_FILE
-from shared.schemas import LABELS
+from geogate.node.backends.tags import decode_tags, encode_tags, tag_set
+from geogate.node.demo import DEMO_MODEL_DIR, DEMO_MODELS, synth
+from geogate.node.identity import METADATA_FILE
+from geogate.shared.schemas import LABELS
 
 
 def test_generators_are_deterministic_per_seed() -> None:
@@ -76,7 +76,7 @@ def parse_tokenizer() -> Any:
     transformers = pytest.importorskip("transformers")
     path = DEMO_MODEL_DIR / "parse"
     if not (path / "tokenizer.json").is_file():
-        pytest.skip("the demo model is not built (python -m node.demo.train)")
+        pytest.skip("the demo model is not built (python -m geogate.node.demo.train)")
     return transformers.AutoTokenizer.from_pretrained(path)
 
 
@@ -106,7 +106,7 @@ SHIPPED = pytest.mark.parametrize(("name", "finetune"), [("demo", "synth_v1"), (
 def test_shipped_metadata_is_a_demo_with_its_measured_quality(name: str, finetune: str) -> None:
     root = DEMO_MODELS[name]
     path = root / METADATA_FILE
-    assert path.is_file(), "the demo model is not built (python -m node.demo.train)"
+    assert path.is_file(), "the demo model is not built (python -m geogate.node.demo.train)"
     meta = json.loads(path.read_text(encoding="utf-8"))
     assert meta["demo"] is True
     assert "DEMO" in meta["description"]
@@ -136,7 +136,7 @@ def test_shipped_model_reaches_its_targets_on_data_it_never_saw(name: str, finet
     pytest.importorskip("torch")
     from transformers import AutoTokenizer, BertForSequenceClassification, BertForTokenClassification
 
-    from node.demo import train
+    from geogate.node.demo import train
 
     root = DEMO_MODELS[name]
     tokenizer = AutoTokenizer.from_pretrained(root / "similarity")

@@ -30,8 +30,10 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from gateway.topology import load_topology
-from shared.config import GatewayConfig, NodeConfig, add_arguments, build_config
+from geogate.gateway.config import GatewayConfig
+from geogate.gateway.routing.topology import load_topology
+from geogate.node.config import NodeConfig
+from geogate.shared.config import add_arguments, build_config, flatten
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -58,7 +60,7 @@ def load_docs(path: Path) -> list[dict[str, Any]]:
 
 @functools.cache
 def cli_help(*command: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "shared.cli", *command, "--help"], cwd=REPO, check=False,
+    result = subprocess.run([sys.executable, "-m", "geogate.shared.cli", *command, "--help"], cwd=REPO, check=False,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, f"geogate {' '.join(command)} --help failed:\n{result.stderr}"
     return result.stdout
@@ -582,8 +584,8 @@ def test_base_has_every_part() -> None:
 
 
 def test_admin_tokens_template_has_the_format_the_gateway_reads(tmp_path: Path) -> None:
-    from gateway.auth import TokenBook
-    from shared.config import ConfigError
+    from geogate.gateway.control.auth import TokenBook
+    from geogate.shared.config import ConfigError
 
     text = template_secrets()["geogate-admin"]["stringData"]["tokens.yaml"]
     placeholder = tmp_path / "placeholder.yaml"
@@ -899,7 +901,7 @@ def test_compose_gateway_config_matches_the_services(tmp_path: Path) -> None:
         assert (flag_value(args, "--region"), flag_value(args, "--color")) == (node.region, node.color)
         assert url.port == int(flag_value(args, "--port"))
     config = build_config(GatewayConfig, section="gateway", file=path)
-    assert urlsplit(config.registry_url).hostname in services
+    assert urlsplit(config.store.registry_url).hostname in services
 
 
 # (d) Dockerfiles
@@ -983,8 +985,10 @@ def packaged_files() -> set[Path]:
     cfg = configparser.ConfigParser()
     cfg.read(REPO / "setup.cfg")
     out = set()
+    package_dir = dict(line.split(" = ") for line in cfg["options"]["package_dir"].strip().splitlines())
     for package, value in cfg["options.package_data"].items():
-        base = REPO.joinpath(*package.split(".")) if package not in ("", "*") else REPO
+        top = next(p for p in package_dir if package == p or package.startswith(p + "."))
+        base = REPO / package_dir[top] / package[len(top) + 1:].replace(".", "/")
         for pattern in (p.strip() for p in value.replace("\n", ",").split(",")):
             if pattern:
                 out |= {p for p in base.glob(pattern) if p.is_file()}
@@ -993,7 +997,7 @@ def packaged_files() -> set[Path]:
 
 def test_images_ship_every_data_file_of_the_packages() -> None:
     """The images install with `pip install .`, not in editable mode: a data file the code
-    reads (a model, gateway/golden.json) that setup.cfg does not list is missing there,
+    reads (a model, gateway/control/golden.json) that setup.cfg does not list is missing there,
     and the service fails in the container while every test on a checkout passes."""
     data = {p for package in ("gateway", "node", "shared") for p in (REPO / package).rglob("*")
             if p.is_file() and p.suffix not in (".py", ".pyc", ".pyi") and "__pycache__" not in p.parts}
@@ -1004,7 +1008,7 @@ def test_images_ship_every_data_file_of_the_packages() -> None:
 def test_demo_models_named_in_deploy_files_are_in_the_installed_package() -> None:
     """Images run `pip install .`, not an editable install: a demo model the deployment
     files name must be in setup.cfg's package data, or `--model demo-v2` fails there."""
-    from node.demo import DEMO_MODELS
+    from geogate.node.demo import DEMO_MODELS
 
     package = REPO / "node" / "demo"
     packaged = packaged_files()
@@ -1084,8 +1088,9 @@ def test_invocation_builds_a_valid_config(inv: Invocation, tmp_path: Path) -> No
         assert set(topology.countries.values()) <= set(topology.regions)
         if not inv.where.endswith("defaults") and not inv.where.startswith("k8s base"):  # base: region unset
             assert config.region in topology.regions, f"{inv.where}: region {config.region} is not in the topology"
+        settings = flatten(config)
         for path_setting in ("tls_cert", "tls_key", "admin_tokens_file", "geoip_db", "upstream_ca"):
-            path = getattr(config, path_setting, None)
+            path = settings[path_setting]
             if path and not inv.where.endswith("defaults"):
                 assert path in inv.files, f"{inv.where}: {path_setting} {path} is not mounted"
 

@@ -84,8 +84,11 @@ from fuzz_strategies import (
 from helpers import GatewayProcess, NodeProcess, RedisServer, seed_registry_from
 from hypothesis import HealthCheck, given, settings
 
-from gateway.auth import hash_token
-from shared.schemas import CompatParseResponse, MatchResponse, ParseResponse, SimilarityResponse
+from geogate.gateway.config import GatewayConfig
+from geogate.gateway.control.auth import hash_token
+from geogate.gateway.launcher.plan import TEST_GEOIP_DB
+from geogate.shared.config import nested
+from geogate.shared.schemas import CompatParseResponse, MatchResponse, ParseResponse, SimilarityResponse
 
 EXAMPLES = int(os.environ.get("GEOGATE_FUZZ_EXAMPLES", "300"))
 REQUEST_TIMEOUT_S = 60.0  # no answer in this time is a hang
@@ -102,7 +105,7 @@ FUZZ = settings(
                            HealthCheck.large_base_example],
 )
 
-GEOIP = Path(__file__).parent / "data" / "geoip" / "GeoIP2-Country-Test.mmdb"
+GEOIP = TEST_GEOIP_DB  # MaxMind's test database, shipped for geogate up
 TOKENS = {"viewer": "fuzz-viewer-0123456789abcdef", "operator": "fuzz-operator-0123456789abcdef",
           "admin": "fuzz-admin-0123456789abcdef"}
 REGION = KNOWN_REGIONS[0]
@@ -137,8 +140,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                                                      for role, t in TOKENS.items()]}))
         config = tmp / "gateway.yaml"
         config.write_text(yaml.safe_dump({
-            "gateway": {"trusted_proxies": "127.0.0.0/8", "geoip_db": str(GEOIP), "probe_interval_s": 0.2,
-                        "deep_probe_interval_s": 0, "admin_tokens_file": str(tokens), "registry_url": redis.url},
+            "gateway": nested(GatewayConfig, {"trusted_proxies": "127.0.0.0/8", "geoip_db": str(GEOIP), "probe_interval_s": 0.2,
+                        "deep_probe_interval_s": 0, "admin_tokens_file": str(tokens), "registry_url": redis.url}),
             "regions": {REGION: {"failover": []}},
             "countries": {"SE": REGION, "GB": REGION},
             "nodes": [{"region": REGION, "color": "blue", "url": node.url}],

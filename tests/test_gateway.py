@@ -22,11 +22,14 @@ import pytest
 import yaml
 from helpers import GatewayProcess, NodeProcess, RedisServer, scrape, wait_until
 
-from shared.heartbeats import Heartbeats, NodeHeartbeat
-from shared.registry import ColorInfo, Registry
-from shared.store import RedisStore
+from geogate.gateway.config import GatewayConfig
+from geogate.gateway.launcher.plan import TEST_GEOIP_DB
+from geogate.shared.config import nested
+from geogate.shared.heartbeats import Heartbeats, NodeHeartbeat
+from geogate.shared.registry import ColorInfo, Registry
+from geogate.shared.store import RedisStore
 
-GEOIP = Path(__file__).parent / "data" / "geoip" / "GeoIP2-Country-Test.mmdb"
+GEOIP = TEST_GEOIP_DB  # MaxMind's test database, shipped for geogate up
 CN, GB, PH, UNKNOWN = "175.16.199.0", "81.2.69.160", "202.196.224.1", "8.8.8.8"
 
 
@@ -44,8 +47,8 @@ def write_config(path: Path, nodes: dict[str, NodeProcess], **gateway: object) -
     path.write_text(yaml.safe_dump({
         # No deep probe here, so that a node's request counter counts client calls only
         # (tests/test_upstream.py checks the deep probe).
-        "gateway": {"trusted_proxies": "127.0.0.0/8", "geoip_db": str(GEOIP), "probe_interval_s": 0.2,
-                    "deep_probe_interval_s": 0, **gateway},
+        "gateway": nested(GatewayConfig, {"trusted_proxies": "127.0.0.0/8", "geoip_db": str(GEOIP), "probe_interval_s": 0.2,
+                    "deep_probe_interval_s": 0, **gateway}),
         "regions": {"cn-east": {"failover": ["eu-central"]}, "eu-central": {"failover": ["cn-east"]},
                     "cn-north": {"failover": ["cn-east", "eu-central"], "residency": ["cn-*"]}},
         "countries": {"CN": "cn-east", "GB": "eu-central", "SE": "eu-central", "PH": "cn-north", "JP": "cn-east",
@@ -233,8 +236,8 @@ async def test_https_end_to_end(world: World, http: aiohttp.ClientSession) -> No
     node.client_ssl = client_ssl
     config = world.tmp / "tls.yaml"
     config.write_text(yaml.safe_dump({
-        "gateway": {"trusted_proxies": "127.0.0.0/8", "geoip_db": str(GEOIP), "probe_interval_s": 0.2,
-                    "region": "eu-central", "upstream_ca": str(ca_file), "cache_ttl_s": 0},
+        "gateway": nested(GatewayConfig, {"trusted_proxies": "127.0.0.0/8", "geoip_db": str(GEOIP), "probe_interval_s": 0.2,
+                    "region": "eu-central", "upstream_ca": str(ca_file), "cache_ttl_s": 0}),
         "countries": {"GB": "eu-central"},
         "nodes": [{"region": "eu-central", "color": "blue", "url": node.url}],
     }))
@@ -295,7 +298,7 @@ async def test_sigterm_lets_in_flight_calls_finish(world: World, http: aiohttp.C
     slow = NodeProcess(world.tmp, "--region", "eu-central", "--fault-delay-ms", "1500")
     config = world.tmp / "slow.yaml"
     config.write_text(yaml.safe_dump({
-        "gateway": {"region": "eu-central", "probe_interval_s": 0.2, "deep_probe_interval_s": 0, "cache_ttl_s": 0},
+        "gateway": nested(GatewayConfig, {"region": "eu-central", "probe_interval_s": 0.2, "deep_probe_interval_s": 0, "cache_ttl_s": 0}),
         "nodes": [{"region": "eu-central", "color": "blue", "url": slow.url}],
     }))
     gateway = GatewayProcess(world.tmp, "--config", str(config), "--registry-url", world.redis.url)

@@ -17,8 +17,11 @@ import aiohttp
 import yaml
 from helpers import GatewayProcess, NodeProcess, RedisServer, wait_until
 
-from shared.registry import ColorInfo, Registry
-from shared.store import RedisStore
+from geogate.gateway.config import GatewayConfig
+from geogate.gateway.launcher.plan import TEST_GEOIP_DB
+from geogate.shared.config import nested
+from geogate.shared.registry import ColorInfo, Registry
+from geogate.shared.store import RedisStore
 
 CN = "175.16.199.0"
 
@@ -37,9 +40,9 @@ async def test_sigkill_of_every_node_of_a_region_loses_no_call(tmp_path: Path, r
     await store.close()
     config = tmp_path / "gateway.yaml"
     config.write_text(yaml.safe_dump({
-        "gateway": {"region": "cn-east", "trusted_proxies": "127.0.0.0/8", "probe_interval_s": 0.2,
-                    "geoip_db": str(Path(__file__).parent / "data" / "geoip" / "GeoIP2-Country-Test.mmdb"),
-                    "cache_ttl_s": 0},
+        "gateway": nested(GatewayConfig, {"region": "cn-east", "trusted_proxies": "127.0.0.0/8", "probe_interval_s": 0.2,
+                    "geoip_db": str(TEST_GEOIP_DB),
+                    "cache_ttl_s": 0}),
         "regions": {"cn-east": {"failover": ["eu-central"]}, "eu-central": {"failover": ["cn-east"]}},
         "countries": {"CN": "cn-east"},
     }))

@@ -7,17 +7,22 @@ from pathlib import Path
 import pytest
 from multidict import CIMultiDict
 
-from gateway.geo import GeoResolver, parse_networks
-from gateway.topology import parse_topology
-from shared.config import ConfigError
+from geogate.gateway.dataplane.geo import GeoResolver
+from geogate.gateway.launcher.plan import TEST_GEOIP_DB
+from geogate.gateway.routing.topology import parse_topology
+from geogate.shared.config import ConfigError
+from geogate.shared.networks import parse_networks
 
 GEOIP = Path(__file__).parent / "data" / "geoip"
+# MaxMind's test databases: the Country one ships with the package (geogate up uses it)
+DATABASES = {"GeoIP2-Country-Test.mmdb": TEST_GEOIP_DB, "GeoIP2-City-Test.mmdb": GEOIP / "GeoIP2-City-Test.mmdb",
+             "GeoLite2-Country-Test.mmdb": GEOIP / "GeoLite2-Country-Test.mmdb"}
 COUNTRIES = {"CN": "cn-east", "PH": "ap-southeast", "GB": "eu-central", "SE": "eu-central", "US": "us-east",
              "JP": "ap-southeast", "FR": "eu-central"}
 
 
 def resolver(db: str = "GeoIP2-Country-Test.mmdb", **kw: object) -> GeoResolver:
-    return GeoResolver(db_path=str(GEOIP / db), countries=COUNTRIES, default_region="us-east",
+    return GeoResolver(db_path=str(DATABASES[db]), countries=COUNTRIES, default_region="us-east",
                        trusted_proxies=parse_networks("127.0.0.0/8, 10.0.0.0/8, ::1/128"), **kw)  # type: ignore[arg-type]
 
 

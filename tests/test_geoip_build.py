@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.geo import GeoResolver
-from gateway.geoip_build import read_tor_ranges
+from geogate.gateway.dataplane.geo import GeoResolver
+from geogate.gateway.dataplane.geoip_build import read_tor_ranges
 
 TOR_V4 = """# This file has been converted from the IPFire Location database
 16777216,16777471,AU
@@ -39,7 +39,7 @@ def test_builds_a_database_the_gateway_resolves_with(tmp_path: Path) -> None:
     (source / "geoip").write_text(TOR_V4)
     (source / "geoip6").write_text(TOR_V6)
     out = tmp_path / "country.mmdb"
-    done = subprocess.run([sys.executable, "-m", "shared.cli", "geoip", "build", "--source", str(source), "--out",
+    done = subprocess.run([sys.executable, "-m", "geogate.shared.cli", "geoip", "build", "--source", str(source), "--out",
                            str(out)], capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     assert "CC BY-SA 4.0" in done.stdout and out.is_file()
@@ -56,7 +56,7 @@ def test_builds_a_database_the_gateway_resolves_with(tmp_path: Path) -> None:
 
 
 def test_missing_source_is_a_clear_error(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "shared.cli", "geoip", "build", "--source", str(tmp_path)],
+    done = subprocess.run([sys.executable, "-m", "geogate.shared.cli", "geoip", "build", "--source", str(tmp_path)],
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 2 and "tor-geoipdb" in done.stderr
 

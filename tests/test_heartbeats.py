@@ -11,10 +11,10 @@ import pytest
 import redis.asyncio as redis
 from helpers import NodeProcess, RedisServer, wait_until
 
-from gateway.roster import Roster
-from shared.errors import StoreUnavailable
-from shared.heartbeats import GatewayHeartbeat, HeartbeatPublisher, Heartbeats, NodeHeartbeat, merge_topology
-from shared.store import MemoryStore, RedisStore
+from geogate.gateway.control.roster import Roster
+from geogate.shared.errors import StoreUnavailable
+from geogate.shared.heartbeats import GatewayHeartbeat, HeartbeatPublisher, Heartbeats, NodeHeartbeat, merge_topology
+from geogate.shared.store import MemoryStore, RedisStore
 
 
 def beat(region: str = "cn-east", color: str = "blue", port: int = 9001) -> NodeHeartbeat:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from gateway.http1 import Http1Error, Http1Pool
+from geogate.gateway.dataplane.http1 import Http1Error, Http1Pool
 
 
 @pytest.fixture

@@ -13,12 +13,12 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
-from gateway.access import Access
-from shared.clients import Client, new_key
-from shared.config import GatewayConfig
-from shared.errors import Unauthorized
-from shared.registry import Registry, RegistryRecord, RegistryWatcher
-from shared.store import MemoryStore
+from geogate.gateway.access.callers import Access
+from geogate.gateway.config import AccessSettings
+from geogate.shared.clients import Client, new_key
+from geogate.shared.errors import Unauthorized
+from geogate.shared.registry import Registry, RegistryRecord, RegistryWatcher
+from geogate.shared.store import MemoryStore
 
 
 def _request(headers: dict[str, str]) -> web.Request:
@@ -28,7 +28,7 @@ def _request(headers: dict[str, str]) -> web.Request:
 async def _world(client: Client) -> tuple[Access, RegistryWatcher]:
     watcher = RegistryWatcher(Registry(MemoryStore()))
     await watcher.apply(RegistryRecord(epoch=1, clients={client.name: client}))
-    return Access(GatewayConfig(), watcher, {}), watcher
+    return Access(AccessSettings(), "local", watcher, {}), watcher
 
 
 async def test_a_remembered_key_is_refused_once_a_new_epoch_revokes_it() -> None:
@@ -63,7 +63,7 @@ async def test_a_remembered_key_still_expires(monkeypatch: pytest.MonkeyPatch) -
     bearer = {"Authorization": f"Bearer {plaintext}"}
     assert access.identify(_request(bearer)).name == "orders"
     later = ends.timestamp() + 1
-    monkeypatch.setattr("gateway.access.time.time", lambda: later)  # an hour on, without waiting for it
+    monkeypatch.setattr("geogate.gateway.access.callers.time.time", lambda: later)  # an hour on, without waiting for it
     with pytest.raises(Unauthorized):
         access.identify(_request(bearer))
 

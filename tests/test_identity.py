@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from node.identity import resolve_version, weights_checksum
+from geogate.node.identity import resolve_version, weights_checksum
 
 
 def test_checksum_covers_every_weight_file_and_its_name(tmp_path: Path) -> None:

@@ -19,19 +19,25 @@ import aiohttp
 import pytest
 from helpers import REPO, STARTUP_S, free_port, wait_until
 
-from node.demo import DEMO_MODELS
-from node.identity import METADATA_FILE
-from shared.bootstrap import BootstrapError, NodeIdentity, colors_of, seed_registry
-from shared.config import ConfigError
-from shared.launcher.deployment import choose_store
-from shared.launcher.plan import DEFAULT_TOPOLOGY, NODE_PORT_OFFSET, TEST_GEOIP_DB, build_plan, sample_client_ip
-from shared.launcher.supervisor import Child, Supervisor, backoff_s
-from shared.registry import Registry
-from shared.store import MemoryStore, RedisStore
+from geogate.gateway.launcher.deployment import choose_store
+from geogate.gateway.launcher.plan import (
+    DEFAULT_TOPOLOGY,
+    NODE_PORT_OFFSET,
+    TEST_GEOIP_DB,
+    build_plan,
+    sample_client_ip,
+)
+from geogate.gateway.launcher.supervisor import Child, Supervisor, backoff_s
+from geogate.node.demo import DEMO_MODELS
+from geogate.node.identity import METADATA_FILE
+from geogate.shared.bootstrap import BootstrapError, NodeIdentity, colors_of, seed_registry
+from geogate.shared.config import ConfigError
+from geogate.shared.registry import Registry
+from geogate.shared.store import MemoryStore, RedisStore
 
 CLIENTS = {"cn-east": "111.235.160.1", "eu-central": "89.160.20.113", "us-east": "50.114.0.1"}  # test database
 PAIR = {"pairs": [["浙江省杭州市余杭区文一西路969号", "杭州余杭文一西路969号"]]}
-GEOGATE = [sys.executable, "-m", "shared.cli"]
+GEOGATE = [sys.executable, "-m", "geogate.shared.cli"]
 
 
 def version_of(model: str) -> str:
@@ -73,8 +79,8 @@ def test_regions_narrow_the_plan_and_its_failover_lists() -> None:
     assert len(plan.nodes) == 8 and {n.name for n in plan.nodes} >= {"eu-central-green-2", "us-east-blue-1"}
     assert plan.topology["regions"]["eu-central"]["failover"] == ["us-east"]  # ap-southeast is not running
     gateway_file = plan.gateway_file("http", {"registry_url": "redis://x"})
-    assert gateway_file["gateway"]["registry_url"] == "redis://x"
-    assert gateway_file["gateway"]["trusted_proxies"] == "127.0.0.0/8,::1"
+    assert gateway_file["gateway"]["store"]["registry_url"] == "redis://x"
+    assert gateway_file["gateway"]["geo"]["trusted_proxies"] == "127.0.0.0/8,::1"  # the file's own, kept
     assert len(gateway_file["nodes"]) == 8
 
 
@@ -163,7 +169,7 @@ def test_children_die_with_a_killed_launcher(tmp_path: Path) -> None:
     program = f"""
 import asyncio, sys, pathlib
 sys.path.insert(0, {str(REPO)!r})
-from shared.launcher.supervisor import Child, Supervisor
+from geogate.gateway.launcher.supervisor import Child, Supervisor
 async def main():
     s = Supervisor()
     c = await s.start(Child("sleeper", "node", [sys.executable, "-c", "import time; time.sleep(600)"],

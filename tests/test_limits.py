@@ -10,10 +10,10 @@ import asyncio
 import pytest
 from helpers import RedisServer
 
-from gateway.limits import Limiter, RateLimited
-from gateway.metrics import GatewayMetrics
-from shared.clients import Limits
-from shared.store import MemoryStore, RedisStore, Taken
+from geogate.gateway.access.limits import Limiter, RateLimited
+from geogate.gateway.ops.metrics import GatewayMetrics
+from geogate.shared.clients import Limits
+from geogate.shared.store import MemoryStore, RedisStore, Taken
 
 
 class Clock:

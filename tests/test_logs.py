@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from shared.logs import setup_logging
+from geogate.shared.logs import setup_logging
 
 
 @pytest.fixture

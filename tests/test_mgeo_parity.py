@@ -34,11 +34,11 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from node.backends import modelscope_backend
-from node.backends.base import LoadedModel, LoadSpec
-from node.backends.tags import tag_set
-from node.mgeo_convert import ConversionError, convert
-from shared.schemas import EXACT_MATCH, LABELS
+from geogate.node.backends import modelscope_backend
+from geogate.node.backends.base import LoadedModel, LoadSpec
+from geogate.node.backends.tags import tag_set
+from geogate.node.mgeo_convert import ConversionError, convert
+from geogate.shared.schemas import EXACT_MATCH, LABELS
 
 TOL = 1e-4
 SEQ_LEN = 64  # LoadSpec.max_seq_len for the backends; ModelScope pads every input to it
@@ -219,7 +219,7 @@ def test_convert_refuses_gis_fusion_layers(tmp_path: Path) -> None:
 
 
 def test_convert_cli_exit_code(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from shared.cli import main
+    from geogate.shared.cli import main
 
     src = _write_mgeo(tmp_path / "fused", "parse", fusion_layer=1)
     assert main(["mgeo", "convert", str(src), str(tmp_path / "out")]) == 2
@@ -307,7 +307,7 @@ def test_modelscope_backend_is_fp32_only(mgeo: Path, dtype: str) -> None:
 
 
 def test_hf_backend_on_converted_matches_modelscope_backend(converted: Path, ms_model: LoadedModel) -> None:
-    from node.backends import transformers_backend
+    from geogate.node.backends import transformers_backend
 
     hf = transformers_backend.load(LoadSpec(model=str(converted), max_seq_len=SEQ_LEN))
     assert hf.tasks == ("similarity", "parse")

@@ -7,7 +7,7 @@ import re
 import aiohttp
 from helpers import NodeProcess, scrape
 
-from shared.schemas import LABELS
+from geogate.shared.schemas import LABELS
 
 ELEMENT_TYPES = {
     "prov", "city", "district", "town", "community", "road", "roadno", "poi", "subpoi",

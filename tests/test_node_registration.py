@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.geo import parse_networks
-from gateway.topology import refuse_node_url
+from geogate.gateway.routing.topology import refuse_node_url
+from geogate.shared.networks import parse_networks
 
 NETWORKS = parse_networks("127.0.0.0/8,::1/128,10.0.0.0/8")
 

@@ -30,6 +30,9 @@ import yaml
 from helpers import REPO, GatewayProcess, NodeProcess, RedisServer, seed_registry_from
 from prometheus_client.parser import text_string_to_metric_families
 
+from geogate.gateway.config import GatewayConfig
+from geogate.shared.config import nested
+
 PROMETHEUS = REPO / "deploy" / "prometheus"
 CONFIG = PROMETHEUS / "prometheus.yml"
 ALERTS = PROMETHEUS / "alerts.yml"
@@ -155,7 +158,7 @@ def scrapes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
         asyncio.run(seed_registry_from(redis_server.url, [node], ["cn-east", "eu-central"]))
         config = tmp / "gateway.yaml"
         config.write_text(yaml.safe_dump({
-            "gateway": {"region": "cn-east", "probe_interval_s": 0.2, "deep_probe_interval_s": 0},
+            "gateway": nested(GatewayConfig, {"region": "cn-east", "probe_interval_s": 0.2, "deep_probe_interval_s": 0}),
             "regions": {"cn-east": {"failover": ["eu-central"]}, "eu-central": {"failover": ["cn-east"]}},
             "nodes": [{"region": "cn-east", "color": "blue", "url": node.url}],
         }))

@@ -10,9 +10,9 @@ import msgspec
 import pytest
 from helpers import RedisServer, wait_until
 
-from shared.errors import Conflict, InvalidRequest, StoreUnavailable
-from shared.registry import ColorInfo, Registry, RegistryRecord, RegistryWatcher
-from shared.store import MemoryStore, RedisStore, Store
+from geogate.shared.errors import Conflict, InvalidRequest, StoreUnavailable
+from geogate.shared.registry import ColorInfo, Registry, RegistryRecord, RegistryWatcher
+from geogate.shared.store import MemoryStore, RedisStore, Store
 
 BLUE = ColorInfo("mgeo_demo_tiny-synth_v1-20261124T0144Z", "a" * 64)
 GREEN = ColorInfo("mgeo_demo_tiny-synth_v2-20261124T0200Z", "b" * 64)
@@ -201,3 +201,21 @@ def test_records_round_trip_as_json() -> None:
     record = RegistryRecord(epoch=5, active_color="green", colors={"blue": BLUE, "green": GREEN},
                             canary_percent=2.5, regions={"cn-east": "failed"})
     assert msgspec.json.decode(msgspec.json.encode(record), type=RegistryRecord) == record
+
+
+async def test_a_watcher_closes_at_any_moment_after_it_starts(redis_server: RedisServer) -> None:
+    """redis-py can swallow a cancellation that lands inside one of its calls
+    (asyncio.wait_for on Python 3.11): a watcher closed right after it started then kept
+    listening, and the gateway's shutdown waited for it forever. Closed at once, again
+    and again, it must end every time."""
+    store = RedisStore(redis_server.url, timeout_s=2.0)
+    try:
+        for attempt in range(40):
+            watcher = RegistryWatcher(Registry(store))
+            await watcher.start()
+            for _ in range(attempt % 8):  # let the cancel land at different points of the subscription
+                await asyncio.sleep(0)
+            async with asyncio.timeout(10):
+                await watcher.close()
+    finally:
+        await store.close()

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from helpers import RedisSentinel, RedisServer, wait_until
 
-from shared.errors import Conflict, StoreUnavailable
-from shared.store import MemoryStore, RedisStore, Store, open_store, open_stores
+from geogate.shared.errors import Conflict, StoreUnavailable
+from geogate.shared.store import MemoryStore, RedisStore, Store, open_store, open_stores
 
 
 async def test_get_set_mget_delete(store: Store) -> None:

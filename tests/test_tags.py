@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from node.backends.tags import decode_tags, encode_tags, tag_set
-from shared.schemas import Element
+from geogate.node.backends.tags import decode_tags, encode_tags, tag_set
+from geogate.shared.schemas import Element
 
 TEXT = "浙江省杭州市文一西路969号"
 # One token per character, plus [CLS] and [SEP] without offsets.

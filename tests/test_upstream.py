@@ -12,14 +12,16 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from gateway.balancer import Balancer, Plan
-from gateway.health import HealthChecker, NodeState
-from gateway.http1 import Http1Pool
-from gateway.metrics import GatewayMetrics
-from gateway.topology import NodeSpec, Topology
-from gateway.upstream import NodeRejected, RetryBudget, Upstream
-from shared.config import GatewayConfig
-from shared.errors import DeadlineExceeded, Unavailable
+from geogate.gateway.config import HealthSettings, UpstreamSettings
+from geogate.gateway.dataplane.http1 import Http1Pool
+from geogate.gateway.dataplane.upstream import NodeRejected, RetryBudget, Upstream
+from geogate.gateway.ops.metrics import GatewayMetrics
+from geogate.gateway.routing.balancer import Balancer, Plan
+from geogate.gateway.routing.nodes import NodeSet, NodeState
+from geogate.gateway.routing.outliers import OutlierDetector
+from geogate.gateway.routing.probes import HealthProbes
+from geogate.gateway.routing.topology import NodeSpec, Topology
+from geogate.shared.errors import DeadlineExceeded, Unavailable
 
 V = "demo-v1-20261124"
 OK_BODY = json.dumps({"results": [{"score": 0.9, "label": "exact_match"}], "model_version": V, "color": "blue",
@@ -56,15 +58,18 @@ def behaving(kind: str) -> web.Application:
 
 
 class Fleet:
-    def __init__(self, config: GatewayConfig) -> None:
-        self.config = config
+    def __init__(self, settings: UpstreamSettings | None = None) -> None:
+        self.settings = settings or UpstreamSettings()
         self.metrics = GatewayMetrics()
+        self.nodes = NodeSet(self.metrics)
+        self.balancer = Balancer(Topology(), self.nodes)
+        self.outliers = OutlierDetector(HealthSettings(), self.nodes, self.metrics)
         self.runners: list[web.AppRunner] = []
         self.apps: dict[str, web.Application] = {}
 
     async def start(self, nodes: dict[str, tuple[str, str]], session: aiohttp.ClientSession) -> Upstream:
         """``nodes``: name -> (region, behaviour)."""
-        health = HealthChecker(self.config, session, self.metrics)
+        self.probes = HealthProbes(HealthSettings(), self.nodes, session, self.metrics)
         for name, (region, kind) in nodes.items():
             app = behaving(kind)
             runner = web.AppRunner(app, shutdown_timeout=0.2)  # a hanging handler is cut off at cleanup
@@ -75,9 +80,10 @@ class Fleet:
             port = runner.addresses[0][1]
             url = f"http://127.0.0.1:{port}"
             self.apps[name] = app
-            health.nodes[url] = NodeState(NodeSpec(region, "blue", url), healthy=True, model_version=V)
-        self.client = Http1Pool(connect_timeout_s=self.config.connect_timeout_ms / 1000)
-        return Upstream(self.config, self.client, health, Balancer(Topology(), health), self.metrics)
+            self.nodes.add(NodeState(NodeSpec(region, "blue", url), healthy=True, model_version=V))
+        self.client = Http1Pool(connect_timeout_s=self.settings.connect_timeout_ms / 1000)
+        self.upstream = Upstream(self.settings, self.client, self.outliers, self.metrics)
+        return self.upstream
 
     def calls(self, name: str) -> int:
         return len(self.apps[name]["calls"])
@@ -95,52 +101,54 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
         yield s
 
 
-async def call(upstream: Upstream, regions: list[str], deadline_s: float = 10.0) -> object:
+async def call(fleet: Fleet, regions: list[str], deadline_s: float = 10.0) -> object:
     loop = asyncio.get_running_loop()
-    return await upstream.call("/v1/similarity", b'{"pairs": [["a", "b"]]}', Plan(regions[0], regions), "blue", V,
-                               loop.time() + deadline_s, "req-1")
+    return await fleet.upstream.call("/v1/similarity", b'{"pairs": [["a", "b"]]}',
+                                     Plan(regions[0], regions, "blue", V, fleet.balancer), loop.time() + deadline_s,
+                                     "req-1")
 
 
 @pytest.mark.parametrize("bad", ["500", "wrong-version", "hang"])
 async def test_a_failed_attempt_is_retried_in_the_next_region(session: aiohttp.ClientSession, bad: str) -> None:
-    fleet = Fleet(GatewayConfig(attempt_timeout_ms=300))
-    upstream = await fleet.start({"bad": ("home", bad), "good": ("next", "ok")}, session)
+    fleet = Fleet(UpstreamSettings(attempt_timeout_ms=300))
+    await fleet.start({"bad": ("home", bad), "good": ("next", "ok")}, session)
     try:
-        answer = await call(upstream, ["home", "next"])
+        answer = await call(fleet, ["home", "next"])
         assert (answer.region, answer.attempts, answer.body) == ("next", 2, OK_BODY)  # type: ignore[attr-defined]
-        bad_node = next(n for n in upstream.health.nodes.values() if n.spec.region == "home")
+        bad_node = next(n for n in fleet.nodes if n.spec.region == "home")
         assert bad_node.failed_calls == 1
         if bad == "wrong-version":
             assert bad_node.model_version == "demo-v0-20200101"  # not chosen again until a probe says otherwise
-            assert upstream.balancer.pick("home", "blue", V, set()) is None
+            assert fleet.balancer.pick("home", "blue", V, set()) is None
+        assert all(n.outstanding == 0 for n in fleet.nodes)  # every attempt's outcome was reported
     finally:
         await fleet.close()
 
 
 async def test_the_node_rejecting_the_request_is_not_retried(session: aiohttp.ClientSession) -> None:
-    fleet = Fleet(GatewayConfig())
-    upstream = await fleet.start({"picky": ("home", "422"), "good": ("next", "ok")}, session)
+    fleet = Fleet()
+    await fleet.start({"picky": ("home", "422"), "good": ("next", "ok")}, session)
     try:
         with pytest.raises(NodeRejected) as info:
-            await call(upstream, ["home", "next"])
+            await call(fleet, ["home", "next"])
         assert info.value.status == 422 and fleet.calls("good") == 0
     finally:
         await fleet.close()
 
 
 async def test_hedging_sends_a_twin_to_the_next_node(session: aiohttp.ClientSession) -> None:
-    fleet = Fleet(GatewayConfig(hedge_after_ms=30, hedge_budget_percent=100))
-    upstream = await fleet.start({"slow": ("home", "slow"), "fast": ("next", "ok")}, session)
+    fleet = Fleet(UpstreamSettings(hedge_after_ms=30, hedge_budget_percent=100))
+    await fleet.start({"slow": ("home", "slow"), "fast": ("next", "ok")}, session)
     try:
-        answer = await call(upstream, ["home", "next"])
+        answer = await call(fleet, ["home", "next"])
         assert (answer.region, answer.attempts) == ("next", 2)  # type: ignore[attr-defined]
         assert fleet.metrics.hedges._value.get() == 1
     finally:
         await fleet.close()
-    fleet = Fleet(GatewayConfig())  # no hedging: the slow node answers, once
-    upstream = await fleet.start({"slow": ("home", "slow"), "fast": ("next", "ok")}, session)
+    fleet = Fleet()  # no hedging: the slow node answers, once
+    await fleet.start({"slow": ("home", "slow"), "fast": ("next", "ok")}, session)
     try:
-        answer = await call(upstream, ["home", "next"])
+        answer = await call(fleet, ["home", "next"])
         assert (answer.region, answer.attempts) == ("home", 1)  # type: ignore[attr-defined]
         assert fleet.calls("fast") == 0
     finally:
@@ -148,74 +156,75 @@ async def test_hedging_sends_a_twin_to_the_next_node(session: aiohttp.ClientSess
 
 
 async def test_retries_stop_at_the_budget_and_at_max_attempts(session: aiohttp.ClientSession) -> None:
-    fleet = Fleet(GatewayConfig(max_attempts=2))
+    fleet = Fleet(UpstreamSettings(max_attempts=2))
     upstream = await fleet.start({f"n{i}": (f"r{i}", "500") for i in range(4)}, session)
     try:
         with pytest.raises(Unavailable, match="no node answered"):
-            await call(upstream, ["r0", "r1", "r2", "r3"])
+            await call(fleet, ["r0", "r1", "r2", "r3"])
         assert sum(fleet.calls(f"n{i}") for i in range(4)) == 2
         upstream.budget = RetryBudget(0.0, floor_per_s=0.0)  # no retries at all
         with pytest.raises(Unavailable, match="retry budget"):
-            await call(upstream, ["r0", "r1", "r2", "r3"])
+            await call(fleet, ["r0", "r1", "r2", "r3"])
     finally:
         await fleet.close()
 
 
 async def test_an_expired_deadline_is_not_sent_on(session: aiohttp.ClientSession) -> None:
-    fleet = Fleet(GatewayConfig())
-    upstream = await fleet.start({"good": ("home", "ok")}, session)
+    fleet = Fleet()
+    await fleet.start({"good": ("home", "ok")}, session)
     try:
         with pytest.raises(DeadlineExceeded):
-            await call(upstream, ["home"], deadline_s=-1)
+            await call(fleet, ["home"], deadline_s=-1)
         assert fleet.calls("good") == 0
     finally:
         await fleet.close()
 
 
 async def test_no_region_left_names_why(session: aiohttp.ClientSession) -> None:
-    fleet = Fleet(GatewayConfig())
+    fleet = Fleet()
     upstream = await fleet.start({}, session)
     loop = asyncio.get_running_loop()
     with pytest.raises(Unavailable, match="cn-north: residency"):
-        await upstream.call("/v1/similarity", b"{}", Plan("cn-east", [], {"cn-east": "drained", "cn-north": "residency"}),
-                            "blue", V, loop.time() + 5, "r")
+        await upstream.call("/v1/similarity", b"{}", Plan("cn-east", [], "blue", V, fleet.balancer,
+                                                          {"cn-east": "drained", "cn-north": "residency"}),
+                            loop.time() + 5, "r")
 
 
 async def test_hedge_delay_follows_the_regions_recent_p95(session: aiohttp.ClientSession) -> None:
-    fleet = Fleet(GatewayConfig(hedge_after_ms=20, hedge_p95=True))
+    fleet = Fleet(UpstreamSettings(hedge_after_ms=20, hedge_p95=True))
     upstream = await fleet.start({"good": ("home", "ok")}, session)
     try:
         assert upstream.hedge_delay("home") == 0.02  # too few answers yet: the fixed delay
         for _ in range(25):
-            await call(upstream, ["home"])
+            await call(fleet, ["home"])
         measured = sorted(upstream._latencies["home"])[int(0.95 * 24)]
         assert upstream.hedge_delay("home") == max(0.02, measured)
         upstream._latencies["home"].extend([0.5] * 40)  # the region got slow: hedge later
         assert upstream.hedge_delay("home") == 0.5
     finally:
         await fleet.close()
-    assert Upstream(GatewayConfig(), Http1Pool(), upstream.health, upstream.balancer, fleet.metrics).hedge_delay("x") == 0
+    assert Upstream(UpstreamSettings(), Http1Pool(), fleet.outliers, fleet.metrics).hedge_delay("x") == 0
 
 
 async def test_the_deep_probe_takes_out_a_node_that_answers_wrongly(session: aiohttp.ClientSession) -> None:
-    fleet = Fleet(GatewayConfig())
-    upstream = await fleet.start({"broken": ("home", "broken"), "good": ("home", "ok")}, session)
+    fleet = Fleet()
+    await fleet.start({"broken": ("home", "broken"), "good": ("home", "ok")}, session)
     try:
-        nodes = {n.url: n for n in upstream.health.nodes.values()}
+        nodes = {n.url: n for n in fleet.nodes}
         for node in nodes.values():
-            await upstream.health.deep_probe(node)
+            await fleet.probes.deep_probe(node)
         broken = next(n for n in nodes.values() if fleet.calls("broken") and n.deep_ok is False)
         assert not broken.available(0) and sum(n.deep_ok for n in nodes.values()) == 1
-        assert upstream.balancer.candidates("home", "blue", V) == [n for n in nodes.values() if n.deep_ok]
+        assert fleet.balancer.candidates("home", "blue", V) == [n for n in nodes.values() if n.deep_ok]
     finally:
         await fleet.close()
 
 
 async def test_the_deadline_and_request_id_travel_to_the_node(session: aiohttp.ClientSession) -> None:
-    fleet = Fleet(GatewayConfig())
-    upstream = await fleet.start({"good": ("home", "ok")}, session)
+    fleet = Fleet()
+    await fleet.start({"good": ("home", "ok")}, session)
     try:
-        await call(upstream, ["home"], deadline_s=2.5)
+        await call(fleet, ["home"], deadline_s=2.5)
         (headers,) = fleet.apps["good"]["headers"]
         assert 2000 < int(headers["X-Deadline-Ms"]) <= 2500  # what is left of the caller's deadline
         assert headers["X-Request-ID"] == "req-1"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 
-from node.backends.base import LoadedModel, LoadSpec
+from geogate.node.backends.base import LoadedModel, LoadSpec
 
 __all__ = ["load_model"]
 
@@ -19,16 +19,16 @@ def load_model(spec: LoadSpec, backend: str) -> LoadedModel:
     # torch defaults to one thread per core; with the event loop and the tokenizer on
     # the same cores, OpenMP's spinning threads then slow small forward passes 10-100x.
     torch.set_num_threads(spec.cpu_threads or max(1, (os.cpu_count() or 2) - 1))
-    from node.demo import DEMO_MODELS
+    from geogate.node.demo import DEMO_MODELS
 
     if spec.model in DEMO_MODELS:
         spec = replace(spec, model=str(DEMO_MODELS[spec.model]), demo=True)
     if backend == "hf":
-        from node.backends import transformers_backend
+        from geogate.node.backends import transformers_backend
 
         return transformers_backend.load(spec)
     if backend == "modelscope":
-        from node.backends import modelscope_backend
+        from geogate.node.backends import modelscope_backend
 
         return modelscope_backend.load(spec)
     raise ValueError(f"unknown backend {backend!r}")

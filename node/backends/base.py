@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeVar
 
-from shared.schemas import ParseResult, SimilarityResult
+from geogate.shared.schemas import ParseResult, SimilarityResult
 
 __all__ = [
     "LoadSpec",

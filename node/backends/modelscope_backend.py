@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from node.backends.base import LoadedModel, LoadSpec, Pair, Task
-from node.identity import read_metadata, resolve_version, weights_checksum
-from shared.schemas import EXACT_MATCH, LABELS, Element, ParseResult, SimilarityResult
+from geogate.node.backends.base import LoadedModel, LoadSpec, Pair, Task
+from geogate.node.identity import read_metadata, resolve_version, weights_checksum
+from geogate.shared.schemas import EXACT_MATCH, LABELS, Element, ParseResult, SimilarityResult
 
 __all__ = [
     "KNOWN_MODELS",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from shared.schemas import Element
+from geogate.shared.schemas import Element
 
 __all__ = ["OUTSIDE", "Span", "decode_tags", "encode_tags", "tag_set"]
 

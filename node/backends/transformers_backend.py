@@ -24,10 +24,10 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from node.backends.base import LoadedModel, LoadSpec, Pair, Task
-from node.backends.tags import decode_tags
-from node.identity import read_metadata, resolve_version, weights_checksum
-from shared.schemas import EXACT_MATCH, LABELS, Element, ParseResult, SimilarityResult
+from geogate.node.backends.base import LoadedModel, LoadSpec, Pair, Task
+from geogate.node.backends.tags import decode_tags
+from geogate.node.identity import read_metadata, resolve_version, weights_checksum
+from geogate.shared.schemas import EXACT_MATCH, LABELS, Element, ParseResult, SimilarityResult
 
 __all__ = ["find_task_dirs", "load"]
 

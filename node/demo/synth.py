@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Literal, overload
 
-from node.demo.gazetteer import (
+from geogate.node.demo.gazetteer import (
     COMMUNITY_STEMS,
     GENERIC_ROADS,
     POI_STEMS,
@@ -47,7 +47,7 @@ from node.demo.gazetteer import (
     District,
     Province,
 )
-from shared.schemas import EXACT_MATCH, LABELS, NOT_MATCH, PARTIAL_MATCH
+from geogate.shared.schemas import EXACT_MATCH, LABELS, NOT_MATCH, PARTIAL_MATCH
 
 __all__ = [
     "LABELS",

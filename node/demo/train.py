@@ -1,6 +1,6 @@
 """Train the shipped DEMO model: a tiny char-level BERT pair classifier and tagger.
 
-    python -m node.demo.train --out node/demo/model --seed 1
+    python -m geogate.node.demo.train --out node/demo/model --seed 1
 
 Both models are trained from scratch on synthetic addresses from ``node.demo.synth`` and
 evaluated on a held-out set drawn with another seed. They learn the shape of Chinese
@@ -16,7 +16,7 @@ transformers 5, whose ``BertTokenizerFast`` no longer builds from a vocab file).
 The green color of the local demo serves a second version, a short continued run from
 the first on other data (``node/demo/model-v2``):
 
-    python -m node.demo.train --init-from node/demo/model --out node/demo/model-v2 \
+    python -m geogate.node.demo.train --init-from node/demo/model --out node/demo/model-v2 \
         --finetune synth_v2 --seed 2 --pairs 40000 --sim-epochs 1 --parse-epochs 1 --lr 2e-4 --sim-lr 2e-4
 """
 
@@ -44,9 +44,9 @@ from transformers import (
     get_linear_schedule_with_warmup,
 )
 
-from node.backends.tags import decode_tags, encode_tags, tag_set
-from node.demo import gazetteer, synth
-from node.identity import METADATA_FILE
+from geogate.node.backends.tags import decode_tags, encode_tags, tag_set
+from geogate.node.demo import gazetteer, synth
+from geogate.node.identity import METADATA_FILE
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 # Characters that real addresses use beyond the gazetteer's names, so that the demo's

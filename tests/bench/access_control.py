@@ -86,7 +86,7 @@ from gateway_overhead import (
 )
 from helpers import GatewayProcess, NodeProcess, RedisServer, scrape
 
-from shared.clients import hash_key
+from geogate.shared.clients import hash_key
 
 TARGET = 0.90  # the issue's: access control may cost at most 10 % of the throughput
 CLIENT = "bench"
@@ -137,7 +137,7 @@ def start_variant(tmp: Path, path: str, variant: str, node_url: str, redis_url: 
         access["rate_limit_headers"] = rate_limit_headers
         # The harness sets GEOGATE_ALLOW_ANONYMOUS=true for every gateway, and the environment beats
         # the file; a flag beats both.
-        flags = ["--allow-anonymous", "false"]
+        flags = ["--no-allow-anonymous"]
     config = gateway_config(tmp / f"gateway-{path}-{variant}.yaml", [(HOME, node_url)], cache_ttl_s=PATHS[path],
                             **access)
     return start_gateways(tmp, 1, config, redis_url, *flags)

@@ -53,8 +53,10 @@ import aiohttp
 import yaml
 from helpers import GatewayProcess, NodeProcess, RedisServer, free_port, scrape, wait_until
 
-from shared.registry import ColorInfo, Registry
-from shared.store import RedisStore
+from geogate.gateway.config import GatewayConfig
+from geogate.shared.config import nested
+from geogate.shared.registry import ColorInfo, Registry
+from geogate.shared.store import RedisStore
 
 NGINX = "/usr/sbin/nginx"
 FAKE_VERSION = "fake_bench-none-20260101"
@@ -225,8 +227,8 @@ async def init_registry(url: str, version: str, checksum: str) -> None:
 
 def gateway_config(path: Path, nodes: list[tuple[str, str]], **gateway: object) -> Path:
     path.write_text(yaml.safe_dump({
-        "gateway": {"region": HOME, "probe_interval_s": 0.2, "access_log": False, "log_level": "warning",
-                    **gateway},
+        "gateway": nested(GatewayConfig, {"region": HOME, "probe_interval_s": 0.2, "access_log": False, "log_level": "warning",
+                    **gateway}),
         "regions": {HOME: {"failover": [OTHER]}, OTHER: {"failover": [HOME]}},
         "nodes": [{"region": region, "color": "blue", "url": url} for region, url in nodes],
     }))

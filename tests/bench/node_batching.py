@@ -46,7 +46,7 @@ def build_base_model(out: Path) -> Path:
     """A BERT-base-sized similarity model with random weights, for timing only."""
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    from node.demo import DEMO_MODEL_DIR
+    from geogate.node.demo import DEMO_MODEL_DIR
 
     # The demo's character tokenizer: its ids are a subset of the 21128 the model has.
     model_dir = out / "similarity"
@@ -127,8 +127,8 @@ def model_ceiling(model: str, args: argparse.Namespace) -> float:
 
     The upper bound the node's batched figure is measured against.
     """
-    from node.backends import load_model
-    from node.backends.base import LoadSpec
+    from geogate.node.backends import load_model
+    from geogate.node.backends.base import LoadSpec
 
     loaded = load_model(LoadSpec(model=model, device=args.device, dtype=args.dtype), "hf")
     runner = loaded.similarity

@@ -34,8 +34,8 @@ def main() -> None:
 
     import torch
 
-    from node.backends import load_model
-    from node.backends.base import LoadSpec
+    from geogate.node.backends import load_model
+    from geogate.node.backends.base import LoadSpec
 
     with tempfile.TemporaryDirectory() as tmp:
         model = str(build_base_model(Path(tmp) / "base")) if args.model == "base" else args.model

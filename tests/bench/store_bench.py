@@ -45,8 +45,8 @@ sys.path[:0] = [str(HERE.parent), str(HERE.parent.parent)]
 
 from helpers import RedisServer
 
-from shared.registry import ColorInfo, Registry, RegistryRecord, RegistryWatcher
-from shared.store import RedisStore
+from geogate.shared.registry import ColorInfo, Registry, RegistryRecord, RegistryWatcher
+from geogate.shared.store import RedisStore
 
 TARGET_P99_MS = 20.0
 READY_TIMEOUT_S = 30.0  # a watcher process imports, connects and subscribes in this time
