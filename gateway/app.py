@@ -11,9 +11,8 @@ from aiohttp import web
 from prometheus_client import generate_latest
 
 from geogate.gateway.access.callers import Caller
-from geogate.gateway.control.admin import ADMIN, Admin, add_admin_routes
-from geogate.gateway.control.clients import add_client_routes
-from geogate.gateway.control.dashboard import dashboard
+from geogate.gateway.control.admin import ADMIN, Admin
+from geogate.gateway.control.routes import add_admin_routes
 from geogate.gateway.dataplane.handlers import add_routes
 from geogate.gateway.dataplane.openapi import OPENAPI
 from geogate.gateway.dataplane.pipeline import CALLER, DATA_PLANE, DataPlane, Route
@@ -43,8 +42,6 @@ def create_app(plane: DataPlane, admin: Admin | None = None, *, scoring: bool = 
     if admin is not None:
         app[ADMIN] = admin
         add_admin_routes(app)
-        add_client_routes(app)
-        app.router.add_get("/dashboard", dashboard)
 
         async def end_streams(app: web.Application) -> None:  # before the drain waits for handlers
             admin.closing.set()

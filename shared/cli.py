@@ -11,7 +11,7 @@ import argparse
 import sys
 from importlib.metadata import PackageNotFoundError, entry_points, version
 
-__all__ = ["COMMANDS", "add_registry_parser", "main"]
+__all__ = ["COMMANDS", "add_registry_parser", "build_parser", "main"]
 
 COMMANDS = "geogate.commands"
 # How ``geogate --help`` lists them: the everyday ones first.
@@ -35,7 +35,8 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line: ours, and every installed side's subcommands."""
     parser = argparse.ArgumentParser(
         prog="geogate", description="Multi-region inference gateway for address models (MGeo).",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -45,7 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     found = {ep.name: ep for ep in entry_points(group=COMMANDS)}
     for name in sorted(found, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n)):
         found[name].load()(sub)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     return int(args.run(args))
 
 

@@ -1,5 +1,5 @@
 """Logging set-up: JSON lines by default (one object per line, for log shippers), plain
-text for humans. Loggers are named per subsystem (``geogate.node.batcher``)."""
+text for humans. Loggers are named per subsystem (``geogate.<service>.<subsystem>``)."""
 
 from __future__ import annotations
 

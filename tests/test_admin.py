@@ -422,6 +422,26 @@ def test_admin_cli_tables_and_json(world: World) -> None:
     done = subprocess.run([*cli, "hash-token"], input="abc\n", cwd=REPO, capture_output=True, text=True, timeout=60,
                           check=False)
     assert done.stdout.strip() == hash_token("abc")
+    done = subprocess.run([*cli, "route", *common, "--ip", US], cwd=REPO, capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "home us-east" in done.stdout and "serves" in done.stdout and "answer: served" in done.stdout
+    assert not done.stdout.lstrip().startswith("{")  # a table, like every other command; --json for scripts
+
+
+def test_admin_cli_says_what_is_wrong_with_the_token(world: World, tmp_path: Path) -> None:
+    cli = [sys.executable, "-m", "geogate.shared.cli", "admin"]
+    empty_run_dir = ["--run-dir", str(tmp_path / "no-deployment")]
+    missing = tmp_path / "nope.token"
+    done = subprocess.run([*cli, "status", "--url", world.a.url, "--token-file", str(missing), *empty_run_dir],
+                          cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2
+    assert f"cannot read the admin token file {missing}" in done.stderr and "cannot reach" not in done.stderr
+    wrong = tmp_path / "wrong.token"
+    wrong.write_text("not-a-token\n")
+    done = subprocess.run([*cli, "status", "--url", world.a.url, "--token-file", str(wrong), *empty_run_dir],
+                          cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1 and "401" in done.stderr and "pass --token-file" in done.stderr
 
 
 async def test_admin_api_on_its_own_port_and_tls_only(world: World, http: aiohttp.ClientSession) -> None:
@@ -459,3 +479,28 @@ def test_a_token_that_is_not_utf8_is_a_401(world: World) -> None:
         assert resp.status == 401 and json.loads(resp.read())["error"]["code"] == "unauthorized"
     finally:
         conn.close()
+
+
+async def test_the_admin_api_documents_itself(world: World, http: aiohttp.ClientSession) -> None:
+    async with http.get(world.a.url + "/admin/v1/openapi.json") as resp:  # no token: it names routes, not secrets
+        assert resp.status == 200
+        doc = await resp.json()
+    assert doc["openapi"].startswith("3.1") and doc["info"]["title"] == "geogate admin API"
+    paths = doc["paths"]
+    assert {"/admin/v1/status", "/admin/v1/switch", "/admin/v1/rollback", "/admin/v1/canary",
+            "/admin/v1/regions/{region}/{action}", "/admin/v1/drills", "/admin/v1/drills/{id}", "/admin/v1/audit",
+            "/admin/v1/route", "/admin/v1/colors/{color}", "/admin/v1/clients", "/admin/v1/clients/{name}",
+            "/admin/v1/clients/{name}/keys", "/admin/v1/clients/{name}/keys/{id}/revoke",
+            "/admin/v1/clients/{name}/revoke", "/admin/v1/whoami", "/admin/v1/events"} == set(paths)
+    switch = paths["/admin/v1/switch"]["post"]
+    assert switch["x-geogate-role"] == "operator" and "422" in switch["responses"]
+    body = switch["requestBody"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+    assert set(doc["components"]["schemas"][body]["required"]) == {"to", "reason"}
+    for path, methods in paths.items():  # every documented read answers as documented, with the role it names
+        operation = methods.get("get")
+        if operation is None or "{" in path or path.endswith(("/events", "/route")):
+            continue
+        status, _ = await admin(http, world.a, "GET", path.removeprefix("/admin/v1"), operation["x-geogate-role"])
+        assert str(status) in operation["responses"], path
+        status, _ = await admin(http, world.a, "GET", path.removeprefix("/admin/v1"), None)
+        assert status == 401 and "401" in operation["responses"]

@@ -223,6 +223,18 @@ def test_up_detach_reports_progress_and_a_ready_summary(detached: tuple[Path, su
     assert f"X-Forwarded-For: {CLIENTS['eu-central']}" in done.stdout  # a ready-to-paste curl per region
     assert f"geogate down --run-dir {run_dir}" in done.stdout
     assert "anonymous access: ON (a demo" in done.stdout and "geogate admin client-add" in done.stdout
+    endpoints = json.loads((run_dir / "endpoints.json").read_text())
+    assert f"dashboard: {endpoints['gateways']['cn-east']}/dashboard" in done.stdout
+
+
+def test_admin_cli_finds_the_deployment_by_its_run_dir(detached: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    """No --url, no token: the run directory says which gateway and which token."""
+    run_dir, _ = detached
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GEOGATE_ADMIN")}
+    done = subprocess.run([*GEOGATE, "admin", "status", "--run-dir", str(run_dir)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "ACTIVE blue" in done.stdout and "cn-east" in done.stdout and "eu-central" in done.stdout
 
 
 def test_endpoints_file_is_complete(detached: tuple[Path, subprocess.CompletedProcess[str]]) -> None:

@@ -23,18 +23,19 @@ from aiohttp import web
 
 from geogate.gateway.config import AdminSettings
 from geogate.gateway.control.auth import Principal, TokenBook
-from geogate.gateway.control.drills import Drills
+from geogate.gateway.control.drills import DrillReport, Drills
+from geogate.gateway.control.openapi import Route
 from geogate.gateway.control.prechecks import GoldenSet, SwitchReport, precheck
 from geogate.gateway.control.roster import Roster
 from geogate.gateway.control.view import GatewayView
 from geogate.gateway.control.watch import SwitchWatch
 from geogate.shared.errors import Conflict, Forbidden, InvalidRequest, NotFound, PrecheckFailed, StoreUnavailable
 from geogate.shared.heartbeats import GatewayHeartbeat, Heartbeats, NodeHeartbeat
-from geogate.shared.http import json_response, read_body, request_id
+from geogate.shared.http import Handler, json_response, read_body, request_id
 from geogate.shared.registry import RegistryRecord
 from geogate.shared.schemas import decode, encode
 
-__all__ = ["ADMIN", "Admin", "add_admin_routes"]
+__all__ = ["ADMIN", "ROUTES", "Admin"]
 
 Reason = Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
 COLORS = ("blue", "green")  # docs/design.md: every region runs nodes of both, one active
@@ -389,16 +390,32 @@ async def get_drill(request: web.Request) -> web.Response:
     return _json(found)
 
 
-def add_admin_routes(app: web.Application) -> None:
-    app.router.add_get("/admin/v1/status", status)
-    app.router.add_get("/admin/v1/whoami", whoami)
-    app.router.add_get("/admin/v1/events", events)
-    app.router.add_get("/admin/v1/audit", audit)
-    app.router.add_get("/admin/v1/route", route)
-    app.router.add_post("/admin/v1/colors/{color}", register_color)
-    app.router.add_post("/admin/v1/switch", switch)
-    app.router.add_post("/admin/v1/rollback", rollback)
-    app.router.add_post("/admin/v1/canary", canary)
-    app.router.add_post("/admin/v1/regions/{region}/{action}", region_action)
-    app.router.add_post("/admin/v1/drills", start_drill)
-    app.router.add_get("/admin/v1/drills/{id}", get_drill)
+CHANGED = ("the change, with gateways_applied and gateways_not_confirmed: which live gateways serve by it")
+ROUTES: list[tuple[Route, Handler]] = [
+    (Route("GET", "/admin/v1/status", "viewer", "Registry, regions with their nodes, gateways, top clients, the "
+           "switch watch and a running drill", returns="the status object the dashboard and `geogate admin "
+           "status` show"), status),
+    (Route("GET", "/admin/v1/whoami", "viewer", "Who the token belongs to", returns="name, role, gateway_region"),
+     whoami),
+    (Route("GET", "/admin/v1/events", "viewer", "Server-sent events: the status and the newest audit entries, "
+           "every second and at once after a registry change", returns="text/event-stream of `state` events"),
+     events),
+    (Route("GET", "/admin/v1/audit", "viewer", "The newest registry changes", returns="entries: who, when, "
+           "why, action, before and after"), audit),
+    (Route("GET", "/admin/v1/route", "viewer", "Where a client address's call would go now (a dry run)",
+           returns="country, home, region order, skipped regions and why, the node"), route),
+    (Route("POST", "/admin/v1/colors/{color}", "admin", "Register the version and checksum a color's nodes serve",
+           ColorBody, returns=CHANGED), register_color),
+    (Route("POST", "/admin/v1/switch", "operator", "Switch to the other color, after pre-checks (every active "
+           "region ready, the golden set agreeing), then watch the new color and roll back on a breach",
+           SwitchBody, returns="the pre-check report, the watch and " + CHANGED), switch),
+    (Route("POST", "/admin/v1/rollback", "operator", "Back to the previous color at once", ReasonBody,
+           returns=CHANGED), rollback),
+    (Route("POST", "/admin/v1/canary", "operator", "The share of calls the preview color serves", CanaryBody,
+           returns=CHANGED), canary),
+    (Route("POST", "/admin/v1/regions/{region}/{action}", "operator", "Drain, fail or restore a region "
+           "(action: drain, fail or restore)", ReasonBody, returns=CHANGED), region_action),
+    (Route("POST", "/admin/v1/drills", "operator", "Start a failover drill (with wait: answer when it is over)",
+           DrillBody, DrillReport, status=202), start_drill),
+    (Route("GET", "/admin/v1/drills/{id}", "viewer", "A drill's report", answer=DrillReport), get_drill),
+]

@@ -16,6 +16,8 @@ from typing import Any
 
 import aiohttp
 
+from geogate.shared.rundir import default_run_dir, read_endpoints
+
 __all__ = ["add_parser"]
 
 
@@ -26,21 +28,66 @@ class AdminError(Exception):
         self.status, self.body = status, body
 
 
+class UsageError(Exception):
+    """The command line or its environment is wrong (a missing token file, say): said once, exit 2."""
+
+
+ADMIN_EXAMPLES = """\
+examples:
+  geogate admin status                          the deployment geogate up started here (its --run-dir)
+  geogate admin switch --to green --reason "release 2026-12"
+  geogate admin --url https://gw.example:9443 --token-file ~/.geogate/token --cacert ca.pem status
+
+Which gateway: --url (or GEOGATE_ADMIN_URL); without one, the deployment geogate up left
+in --run-dir (its first gateway, its admin token and, for --tls, its CA).
+Which token: --token-file (or GEOGATE_ADMIN_TOKEN_FILE), else GEOGATE_ADMIN_TOKEN, else
+the run directory's admin-token.
+"""
+
+EXAMPLES = {
+    "status": "geogate admin status --json | jq .regions",
+    "switch": 'geogate admin switch --to green --dry-run --reason "check the pre-checks"',
+    "rollback": 'geogate admin rollback --reason "p99 doubled after the switch"',
+    "canary": 'geogate admin canary --percent 5 --reason "first look at demo-v2"',
+    "drain": 'geogate admin drain eu-central --reason "maintenance window"',
+    "fail": 'geogate admin fail eu-central --reason "the region is down"',
+    "restore": 'geogate admin restore eu-central --reason "maintenance over"',
+    "drill": 'geogate admin drill eu-central --mode kill --duration-s 20 --reason "quarterly failover drill"',
+    "audit": "geogate admin audit --count 5",
+    "route": "geogate admin route --ip 81.2.69.142 --task parse",
+    "register": 'geogate admin register green --model-version mgeo-base-v3-20261201 --sha256 "$SHA" --reason new',
+    "clients": "geogate admin clients",
+    "client-add": 'geogate admin client-add orders --tasks similarity --rps 200 --reason "order service"',
+    "client-set": 'geogate admin client-set orders --regions eu-central --reason "EU data stays in the EU"',
+    "client-rotate": 'geogate admin client-rotate orders --overlap-s 3600 --reason "quarterly rotation"',
+    "client-revoke": 'geogate admin client-revoke orders --key 1a2b3c4d --reason "key leaked"',
+    "hash-token": "openssl rand -base64 32 | tee token | geogate admin hash-token",
+}
+
+
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     admin = sub.add_parser("admin", help="operate a deployment through a gateway's admin API",
                            description="Switch versions, roll back, set canary traffic, drain or fail regions, run "
-                           "drills and read status and audit, through any gateway's /admin/v1 API.")
+                           "drills and read status and audit, through any gateway's /admin/v1 API.",
+                           epilog=ADMIN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--url", default=os.environ.get("GEOGATE_ADMIN_URL", "http://127.0.0.1:8080"),
-                        help="a gateway (or its admin port) [env GEOGATE_ADMIN_URL; default %(default)s]")
-    common.add_argument("--token-file", default=os.environ.get("GEOGATE_ADMIN_TOKEN_FILE"),
-                        help="file holding the bearer token [env GEOGATE_ADMIN_TOKEN_FILE; else GEOGATE_ADMIN_TOKEN]")
-    common.add_argument("--cacert", help="CA bundle for an HTTPS gateway")
+    common.add_argument("--url", default=os.environ.get("GEOGATE_ADMIN_URL"),
+                        help="a gateway (or its admin port) [env GEOGATE_ADMIN_URL; default: the first gateway of "
+                        "--run-dir's deployment]")
+    common.add_argument("--run-dir", type=Path, default=default_run_dir(), metavar="DIR",
+                        help="a deployment started by geogate up (default: %(default)s)")
+    common.add_argument("--token-file", default=os.environ.get("GEOGATE_ADMIN_TOKEN_FILE"), metavar="FILE",
+                        help="file holding the bearer token [env GEOGATE_ADMIN_TOKEN_FILE; default: "
+                        "GEOGATE_ADMIN_TOKEN, else the run directory's admin-token]")
+    common.add_argument("--cacert", metavar="FILE",
+                        help="CA bundle for an HTTPS gateway (default: the run directory's CA, else the system's)")
     common.add_argument("--json", action="store_true", help="print the API's JSON instead of tables")
     cmds = admin.add_subparsers(dest="admin_command", required=True, metavar="COMMAND")
 
     def cmd(name: str, help_text: str, *, reason: bool = False) -> argparse.ArgumentParser:
-        p = cmds.add_parser(name, help=help_text, parents=[common])
+        p = cmds.add_parser(name, help=help_text, description=help_text[:1].upper() + help_text[1:] + ".",
+                            parents=[common], epilog=f"example:\n  {EXAMPLES[name]}",
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
         if reason:
             p.add_argument("--reason", required=True, help="why (written to the audit stream)")
         p.set_defaults(run=_run)
@@ -48,49 +95,62 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
     cmd("status", "registry, regions, nodes, gateways, watch and drill")
     p = cmd("switch", "verified switch to another color", reason=True)
-    p.add_argument("--to", required=True, help="target color")
-    p.add_argument("--dry-run", action="store_true", help="run the pre-checks only")
-    p.add_argument("--expected-epoch", type=int, help="refuse if the registry is not at this epoch")
+    p.add_argument("--to", required=True, metavar="COLOR", help="the color to serve from now on: blue or green")
+    p.add_argument("--dry-run", action="store_true", help="run the pre-checks only; change nothing")
+    p.add_argument("--expected-epoch", type=int, metavar="N",
+                   help="refuse if the registry is not at this epoch (default: the one this gateway serves by)")
     cmd("rollback", "back to the previous color", reason=True)
     p = cmd("canary", "share of traffic for the preview color", reason=True)
-    p.add_argument("--percent", type=float, required=True)
-    for action in ("drain", "fail", "restore"):
-        p = cmd(action, f"{action} a region", reason=True)
-        p.add_argument("region")
+    p.add_argument("--percent", type=float, required=True, metavar="P",
+                   help="0 to 100: the share of calls the preview color serves (0 ends the canary)")
+    for action, what in (("drain", "drain a region (its clients are served elsewhere)"),
+                         ("fail", "mark a region failed"), ("restore", "serve from a region again")):
+        p = cmd(action, what, reason=True)
+        p.add_argument("region", help="the region, as the topology names it")
     p = cmd("drill", "run a failover drill and print its report", reason=True)
-    p.add_argument("--region", required=True)
-    p.add_argument("--duration-s", type=float, default=30.0)
-    p.add_argument("--mode", choices=["fail", "drain", "kill"], default="fail")
+    p.add_argument("region", help="the region to take out, as the topology names it")
+    p.add_argument("--duration-s", type=float, default=30.0, metavar="S",
+                   help="how long the region stays out, in seconds (default: %(default)s)")
+    p.add_argument("--mode", choices=["fail", "drain", "kill"], default="fail",
+                   help="fail or drain it in the registry, or SIGKILL its nodes (default: %(default)s)")
     p = cmd("audit", "the newest registry changes")
-    p.add_argument("--count", type=int, default=20)
+    p.add_argument("--count", type=int, default=20, metavar="N", help="how many (default: %(default)s)")
     p = cmd("route", "where a client's call would go now (dry run)")
-    p.add_argument("--ip", required=True)
-    p.add_argument("--task", choices=["similarity", "parse"], default="similarity")
+    p.add_argument("--ip", required=True, help="the client's address (IPv4 or IPv6)")
+    p.add_argument("--task", choices=["similarity", "parse"], default="similarity",
+                   help="which call (default: %(default)s)")
     p = cmd("register", "register the version and checksum a color's nodes serve (admin role)", reason=True)
-    p.add_argument("color")
-    p.add_argument("--model-version", required=True)
-    p.add_argument("--sha256", default="")
+    p.add_argument("color", help="the color whose nodes serve it: blue or green")
+    p.add_argument("--model-version", required=True, help="the version the nodes report")
+    p.add_argument("--sha256", default="", help="the weights' checksum the nodes report (default: not checked)")
     cmd("clients", "calling services, their keys and limits (admin role)")
     for name, help_text in (("client-add", "add a calling service and print its first API key (shown once)"),
                             ("client-set", "change a calling service's tasks, regions, limits or certificate names")):
         p = cmd(name, help_text + " (admin role)", reason=True)
-        p.add_argument("name")
-        p.add_argument("--tasks", help="comma-separated: similarity,parse")
-        p.add_argument("--regions", help="comma-separated regions its calls must stay in")
-        p.add_argument("--cert-names", help="comma-separated TLS client certificate names (CN, DNS or URI) that identify it")
+        p.add_argument("name", help="the calling service's name")
+        p.add_argument("--tasks", help="comma-separated: similarity,parse (default: both)")
+        p.add_argument("--regions", help="comma-separated regions its calls must stay in (default: any)")
+        p.add_argument("--cert-names", help="comma-separated TLS client certificate names (CN, DNS or URI) that "
+                       "identify it (default: none)")
         for limit in LIMITS:
-            p.add_argument("--" + limit.replace("_", "-"), type=float, help="0: none")
+            p.add_argument("--" + limit.replace("_", "-"), type=float, metavar="X",
+                           help=f"{LIMIT_HELP[limit]} (0: none; default: the gateway's)")
         if name == "client-add":
             p.add_argument("--no-key", action="store_true", help="no API key (a certificate-only client)")
         else:
-            p.add_argument("--disabled", choices=["true", "false"], help="refuse (or accept again) all its calls")
+            p.add_argument("--disabled", action=argparse.BooleanOptionalAction, default=None,
+                           help="refuse (or, with --no-disabled, accept again) all its calls (default: unchanged)")
     p = cmd("client-rotate", "give a client a new API key; the old ones stay valid --overlap-s more", reason=True)
-    p.add_argument("name")
-    p.add_argument("--overlap-s", type=float, default=86_400.0, help="0: the old keys stop at once")
+    p.add_argument("name", help="the calling service's name")
+    p.add_argument("--overlap-s", type=float, default=86_400.0, metavar="S",
+                   help="how long the old keys stay valid, in seconds; 0: they stop at once (default: %(default)s)")
     p = cmd("client-revoke", "revoke one API key (--key ID) or the whole client", reason=True)
-    p.add_argument("name")
-    p.add_argument("--key", help="the key's id (the 8 hex digits after gg_)")
-    h = cmds.add_parser("hash-token", help="print the SHA-256 a tokens file stores for a token (read from stdin)")
+    p.add_argument("name", help="the calling service's name")
+    p.add_argument("--key", metavar="ID", help="the key's id (the 8 hex digits after gg_); default: the whole client")
+    h = cmds.add_parser("hash-token", help="print the SHA-256 a tokens file stores for a token (read from stdin)",
+                        description="Print the SHA-256 that admin_tokens_file stores for a token read from standard "
+                        "input.", epilog=f"example:\n  {EXAMPLES['hash-token']}",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     h.set_defaults(run=_hash_token)
 
 
@@ -103,15 +163,36 @@ def _hash_token(args: argparse.Namespace) -> int:
     return 0
 
 
-def _token(args: argparse.Namespace) -> str:
-    if args.token_file:
-        return Path(args.token_file).read_text(encoding="utf-8").strip()
-    return os.environ.get("GEOGATE_ADMIN_TOKEN", "")
+def _target(args: argparse.Namespace) -> tuple[str, str, str | None]:
+    """(gateway URL, bearer token, CA file) from the flags, the environment and the run
+    directory, in that order."""
+    local = read_endpoints(args.run_dir) if args.url is None or args.token_file is None else None
+    url = args.url or (next(iter((local or {}).get("gateways", {}).values()), None)) or DEFAULT_URL
+    cacert = args.cacert or (local or {}).get("tls_ca")
+    token_file = args.token_file
+    if token_file is None and os.environ.get("GEOGATE_ADMIN_TOKEN"):
+        return url, os.environ["GEOGATE_ADMIN_TOKEN"], cacert
+    if token_file is None and local is not None:
+        token_file = local.get("admin_token_file")
+    if token_file is None:
+        return url, "", cacert
+    try:
+        token = Path(token_file).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise UsageError(f"cannot read the admin token file {token_file}: {exc.strerror or exc}") from exc
+    if not token:
+        raise UsageError(f"the admin token file {token_file} is empty")
+    return url, token, cacert
 
 
 def _run(args: argparse.Namespace) -> int:
     try:
-        return asyncio.run(_main(args))
+        url, token, cacert = _target(args)
+    except UsageError as exc:
+        print(f"geogate admin {args.admin_command}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(_main(args, url, token, cacert))
     except AdminError as exc:
         if args.json:
             print(json.dumps(exc.body, ensure_ascii=False, indent=2))
@@ -119,17 +200,20 @@ def _run(args: argparse.Namespace) -> int:
             print(f"geogate admin {args.admin_command}: {exc}", file=sys.stderr)
             for problem in (exc.body.get("report") or {}).get("problems", []):
                 print(f"  - {problem}", file=sys.stderr)
+            if exc.status == 401:
+                print("  pass --token-file FILE (or set GEOGATE_ADMIN_TOKEN), or --run-dir of a geogate up "
+                      "deployment", file=sys.stderr)
         return 1
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-        print(f"geogate admin {args.admin_command}: cannot reach {args.url}: {exc}", file=sys.stderr)
+        print(f"geogate admin {args.admin_command}: cannot reach {url}: {exc}", file=sys.stderr)
         return 1
 
 
-async def _main(args: argparse.Namespace) -> int:
-    ctx = ssl.create_default_context(cafile=args.cacert) if args.cacert else None
-    headers = {"Authorization": f"Bearer {_token(args)}"}
+async def _main(args: argparse.Namespace, url: str, token: str, cacert: str | None) -> int:
+    ctx = ssl.create_default_context(cafile=cacert) if cacert else None
+    headers = {"Authorization": f"Bearer {token}"}
     timeout = aiohttp.ClientTimeout(total=900)
-    async with aiohttp.ClientSession(args.url.rstrip("/") + "/", headers=headers, timeout=timeout,
+    async with aiohttp.ClientSession(url.rstrip("/") + "/", headers=headers, timeout=timeout,
                                      connector=aiohttp.TCPConnector(ssl=ctx or True)) as http:
 
         async def call(method: str, path: str, body: dict[str, Any] | None = None,
@@ -173,7 +257,7 @@ async def _main(args: argparse.Namespace) -> int:
             return _show(args, await call("GET", "admin/v1/audit", params={"count": str(args.count)}), _audit_text)
         if name == "route":
             return _show(args, await call("GET", "admin/v1/route", params={"ip": args.ip, "task": args.task}),
-                         lambda d: json.dumps(d, ensure_ascii=False, indent=2))
+                         _route_text)
         if name == "register":
             body = {"model_version": args.model_version, "sha256": args.sha256, "reason": args.reason}
             return _show(args, await call("POST", f"admin/v1/colors/{args.color}", body), _changed_text)
@@ -196,6 +280,10 @@ async def _main(args: argparse.Namespace) -> int:
 
 
 LIMITS = ("rps", "burst", "items_per_s", "items_burst", "daily_quota", "max_concurrent")
+LIMIT_HELP = {"rps": "calls per second, shared by every gateway", "burst": "calls allowed at once above the rate",
+              "items_per_s": "items (pairs, addresses) per second", "items_burst": "items allowed at once above that",
+              "daily_quota": "items per UTC day", "max_concurrent": "calls in flight at one gateway"}
+DEFAULT_URL = "http://127.0.0.1:8080"
 
 
 def _client_body(args: argparse.Namespace) -> dict[str, Any]:
@@ -209,7 +297,7 @@ def _client_body(args: argparse.Namespace) -> dict[str, Any]:
             limits["max_concurrent"] = int(limits["max_concurrent"])
         body["limits"] = limits
     if getattr(args, "disabled", None) is not None:
-        body["disabled"] = args.disabled == "true"
+        body["disabled"] = args.disabled
     return body
 
 
@@ -324,6 +412,23 @@ def _drill_text(r: dict[str, Any]) -> str:
         served = ", ".join(f"{k}: {v}" for k, v in sorted(p.get("served_by", {}).items()))
         lines.append(f"  {phase:7s} {p['requests']:6d} {p['failed']:6d} {p['p50_ms']:7.1f} {p['p99_ms']:7.1f}  {served}")
     lines.append(f"  measured by gateway {r['gateway']} (its own calls for clients of {r['region']})")
+    return "\n".join(lines)
+
+
+def _route_text(d: dict[str, Any]) -> str:
+    node = d.get("node")
+    lines = [(f"client {d['ip']} ({d['country'] or 'unknown country'}, by {d['how']}): home {d['home']}; "
+             f"{d['task']} on {d['color']} {d['version']}"),
+             f"  {'ORDER':5s} {'REGION':14s} {'':8s} WHY"]
+    for i, region in enumerate(d["order"], 1):
+        lines.append(f"  {i:<5d} {region:14s} {'serves' if node and node['region'] == region else 'next':8s} "
+                     f"{'home' if region == d['home'] else 'failover'}")
+    for region, why in d["skipped"].items():
+        lines.append(f"  {'-':5s} {region:14s} {'skipped':8s} {why}")
+    if node:
+        lines.append(f"  node {node['url']} ({node['reason']}; {node['outstanding']} in flight, "
+                     f"{node['ewma_ms']} ms typical)")
+    lines.append(f"answer: {d['answer']}")
     return "\n".join(lines)
 
 

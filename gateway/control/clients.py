@@ -17,11 +17,13 @@ from aiohttp import web
 
 from geogate.gateway.control.admin import Admin, Reason, ReasonBody, _body, _changed, _ctx, _json
 from geogate.gateway.control.auth import Principal
+from geogate.gateway.control.openapi import Route
 from geogate.shared.clients import TASKS, Client, Limits, new_key
 from geogate.shared.errors import Conflict, NotFound
+from geogate.shared.http import Handler
 from geogate.shared.registry import RegistryRecord
 
-__all__ = ["add_client_routes"]
+__all__ = ["ROUTES"]
 
 
 class NewClientBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -154,10 +156,19 @@ def _exists(client: Client | None, name: str) -> Client:
     return client
 
 
-def add_client_routes(app: web.Application) -> None:
-    app.router.add_get("/admin/v1/clients", list_clients)
-    app.router.add_post("/admin/v1/clients", create_client)
-    app.router.add_post("/admin/v1/clients/{name}", change_client)
-    app.router.add_post("/admin/v1/clients/{name}/keys", rotate_key)
-    app.router.add_post("/admin/v1/clients/{name}/keys/{id}/revoke", revoke_key)
-    app.router.add_post("/admin/v1/clients/{name}/revoke", revoke_client)
+APPLIED = "the client as it is now, with gateways_applied and gateways_not_confirmed"
+ROUTES: list[tuple[Route, Handler]] = [
+    (Route("GET", "/admin/v1/clients", "admin", "Calling services, their keys (never the keys themselves) and "
+           "limits", returns="anonymous, default_limits, clients"), list_clients),
+    (Route("POST", "/admin/v1/clients", "admin", "Add a calling service; the answer holds its first API key, "
+           "shown once", NewClientBody, returns=APPLIED + ", api_key"), create_client),
+    (Route("POST", "/admin/v1/clients/{name}", "admin", "Change a client's tasks, regions, limits, certificate "
+           "names or disabled state", ClientChangeBody, returns=APPLIED), change_client),
+    (Route("POST", "/admin/v1/clients/{name}/keys", "admin", "Rotate: a new API key (shown once); the old ones "
+           "stay valid overlap_s more", RotateBody, returns=APPLIED + ", api_key, old_keys_valid_until"),
+     rotate_key),
+    (Route("POST", "/admin/v1/clients/{name}/keys/{id}/revoke", "admin", "Revoke one API key", ReasonBody,
+           returns=APPLIED), revoke_key),
+    (Route("POST", "/admin/v1/clients/{name}/revoke", "admin", "Revoke a client: every call of it is refused",
+           ReasonBody, returns=APPLIED), revoke_client),
+]
