@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: demo test lint bench chaos fuzz clean
+.PHONY: demo test lint docs bench chaos fuzz clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ lint: $(VENV)/.installed
 	for p in gateway node shared; do ln -s $(CURDIR)/$$p build/typecheck/geogate/$$p; done
 	cd build/typecheck && $(CURDIR)/$(VENV)/bin/mypy --config-file $(CURDIR)/setup.cfg \
 		-p geogate.gateway -p geogate.node -p geogate.shared
+
+docs: $(VENV)/.installed
+	# docs/configuration.md from the config classes (the test that checks it writes it)
+	GEOGATE_WRITE_DOCS=1 $(PY) -m pytest -q tests/test_docs.py -k configuration
 
 bench: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[bench]'  # matplotlib, for the failover plot

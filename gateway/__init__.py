@@ -1,1 +1,2 @@
-"""geogate gateway (lands with issue 4)."""
+"""The gateway: one folder per plane (dataplane, routing, access, control, ops) and the
+local launcher; ``server.py`` assembles the planes into one process (docs/design.md)."""

@@ -289,8 +289,9 @@ def reference(cls: type[Any], section: str, command: str) -> str:
         if s.section != current:
             current = s.section
             title = f"`{section}:`" if s.section is None else f"`{section}:` → `{s.section}:`"
-            about = "" if s.section is None else f" {sections[s.section]}."
-            lines += ["", f"#### {title}{about}", "",
+            about = "The service's own settings." if s.section is None else \
+                sections[s.section][:1].upper() + sections[s.section][1:] + "."
+            lines += ["", f"### {title}", "", about, "",
                       "| YAML key | flag of `" + command + "` | environment | default | meaning |",
                       "|---|---|---|---|---|"]
         meaning = s.help.replace("|", "\\|") + (" *(tests and drills only; hidden from --help)*" if s.hidden else "")

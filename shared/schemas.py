@@ -1,4 +1,4 @@
-"""Wire types of the scoring API, spoken by both the node and the gateway (DESIGN.md).
+"""Wire types of the scoring API, spoken by both the node and the gateway (docs/design.md).
 
 Decoding is strict (msgspec): a wrong type is an InvalidRequest, never a crash. Limits
 that depend on configuration (batch size, address length) are checked by

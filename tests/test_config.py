@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
+from geogate.gateway.config import GatewayConfig
 from geogate.node.config import NodeConfig
-from geogate.shared.config import ConfigError, build_config
+from geogate.shared.config import ConfigError, build_config, flatten, nested, settings
 
 
 def test_precedence_file_env_flags(tmp_path: Path) -> None:
@@ -47,3 +49,36 @@ def test_unknown_file_key_is_an_error(tmp_path: Path) -> None:
     cfg_file.write_text("node:\n  max_batchsize: 3\n")
     with pytest.raises(ConfigError, match="unknown setting 'max_batchsize'"):
         build_config(NodeConfig, section="node", file=cfg_file, env={})
+
+
+def test_gateway_settings_live_in_sections(tmp_path: Path) -> None:
+    cfg_file = tmp_path / "gateway.yaml"
+    cfg_file.write_text("gateway:\n  region: eu-central\n  health: {probe_interval_s: 0.2, eject_after: 5}\n"
+                        "  access: {allow_anonymous: true}\nregions: {eu-central: {}}\n")
+    env = {"GEOGATE_CACHE_TTL_S": "0"}
+    cfg = build_config(GatewayConfig, section="gateway", file=cfg_file, env=env, overrides={"max_attempts": "2"})
+    assert (cfg.region, cfg.health.probe_interval_s, cfg.health.eject_after) == ("eu-central", 0.2, 5)
+    assert cfg.access.allow_anonymous and cfg.cache.cache_ttl_s == 0 and cfg.upstream.max_attempts == 2
+    assert cfg.health.unhealthy_after == 2  # a section's other settings keep their defaults
+    again = tmp_path / "again.yaml"  # flatten and nested are inverses: a config written back reads the same
+    again.write_text(yaml.safe_dump({"gateway": nested(GatewayConfig, flatten(cfg))}))
+    assert build_config(GatewayConfig, section="gateway", file=again, env={}) == cfg
+
+
+def test_an_old_flat_key_names_its_new_place(tmp_path: Path) -> None:
+    cfg_file = tmp_path / "gateway.yaml"
+    cfg_file.write_text("gateway:\n  probe_interval_s: 0.2\n")
+    with pytest.raises(ConfigError, match=r"'probe_interval_s' belongs to the health section: write it as "
+                                          r"'health: \{probe_interval_s: \.\.\.\}'"):
+        build_config(GatewayConfig, section="gateway", file=cfg_file, env={})
+    cfg_file.write_text("gateway:\n  health: {cache_ttl_s: 0}\n")
+    with pytest.raises(ConfigError, match="unknown setting 'cache_ttl_s' in health; it is cache.cache_ttl_s"):
+        build_config(GatewayConfig, section="gateway", file=cfg_file, env={})
+    cfg_file.write_text("gateway:\n  health: 3\n")
+    with pytest.raises(ConfigError, match="health must be a mapping"):
+        build_config(GatewayConfig, section="gateway", file=cfg_file, env={})
+
+
+def test_a_settings_name_is_unique_across_sections() -> None:
+    names = [s.name for s in settings(GatewayConfig)]
+    assert len(names) == len(set(names)) and {"probe_interval_s", "admin_port", "region"} <= set(names)

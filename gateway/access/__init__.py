@@ -1,0 +1,2 @@
+"""Who is calling (API keys, client certificates) and how much they may (limits shared by
+every gateway)."""

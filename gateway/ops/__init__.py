@@ -1,0 +1,1 @@
+"""Operations: Prometheus metrics and the in-process recent stats the admin API reads."""
