@@ -107,7 +107,7 @@ class GatewayMetrics:
         self.version_skew = CountGauge(Gauge("geogate_gateway_version_skew_nodes",
                                              "nodes serving another version than the registry names for their color",
                                              ["region", "color"], registry=r))
-        # Per calling service (issue 9); "anonymous" where anonymous access is on.
+        # Per calling service; "anonymous" where anonymous access is on.
         self.client_requests = FastCounter("geogate_gateway_client_requests", "scoring calls per client by status "
                                            "class", ["client", "route", "status"], r)
         self.client_items = FastCounter("geogate_gateway_client_items", "items (pairs, addresses) per client",
