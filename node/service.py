@@ -18,6 +18,7 @@ from geogate.node.backends import load_model
 from geogate.node.backends.base import LoadedModel, LoadSpec, Pair, Task
 from geogate.node.batcher import Batcher
 from geogate.node.config import NodeConfig
+from geogate.node.demo import DEMO_MODELS
 from geogate.node.faults import Faults
 from geogate.node.identity import ChecksumMismatch
 from geogate.node.metrics import NodeMetrics
@@ -73,9 +74,11 @@ class NodeService:
         """Load, verify, warm up; raises on failure (the process then exits non-zero)."""
         loop = asyncio.get_running_loop()
         cfg = self.config
+        demo = DEMO_MODELS.get(cfg.model)  # a shipped demo model, by name
         spec = LoadSpec(
-            model=cfg.model, device=cfg.device, dtype=cfg.dtype,
+            model=str(demo) if demo else cfg.model, device=cfg.device, dtype=cfg.dtype,
             model_version=cfg.model_version, max_seq_len=cfg.max_seq_len, cpu_threads=cfg.cpu_threads,
+            demo=demo is not None,
         )
         try:
             if self.faults.hold_load_file:

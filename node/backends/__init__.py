@@ -6,7 +6,6 @@ Backends are imported lazily: the modelscope one only with the ``mgeo`` extra.
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 
 from geogate.node.backends.base import LoadedModel, LoadSpec
 
@@ -19,10 +18,6 @@ def load_model(spec: LoadSpec, backend: str) -> LoadedModel:
     # torch defaults to one thread per core; with the event loop and the tokenizer on
     # the same cores, OpenMP's spinning threads then slow small forward passes 10-100x.
     torch.set_num_threads(spec.cpu_threads or max(1, (os.cpu_count() or 2) - 1))
-    from geogate.node.demo import DEMO_MODELS
-
-    if spec.model in DEMO_MODELS:
-        spec = replace(spec, model=str(DEMO_MODELS[spec.model]), demo=True)
     if backend == "hf":
         from geogate.node.backends import transformers_backend
 
