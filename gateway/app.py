@@ -129,7 +129,7 @@ async def metrics(request: web.Request) -> web.Response:
     gw.metrics.registry_age.set(age if age != float("inf") else -1)
     snapshot = gw.watcher.snapshot
     skew: dict[tuple[str, ...], int] = {}
-    for node in gw.nodes:
+    for node in gw.balancer.nodes:
         info = snapshot.colors.get(node.spec.color)
         key = (node.spec.region, node.spec.color)
         skew[key] = skew.get(key, 0) + bool(info and node.model_version and node.model_version != info.model_version)

@@ -11,7 +11,6 @@ else closes, down to the stores.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import ssl
@@ -48,7 +47,6 @@ from geogate.gateway.routing.outliers import OutlierDetector
 from geogate.gateway.routing.probes import HealthProbes
 from geogate.gateway.routing.topology import Topology
 from geogate.shared.clients import load_clients_file
-from geogate.shared.errors import StoreUnavailable
 from geogate.shared.heartbeats import GatewayHeartbeat, HeartbeatPublisher, Heartbeats, NodeHeartbeat
 from geogate.shared.http import AppRunner
 from geogate.shared.lifecycle import Service, Step, cancel
@@ -142,8 +140,7 @@ class GatewayServer(Service):
         caching = cache.cache_ttl_s > 0
         self.plane = DataPlane(
             region=cfg.region, requests=cfg.requests, geo=geo, watcher=self.watcher, balancer=self.balancer,
-            nodes=self.nodes, upstream=Upstream(cfg.upstream, self.pool, self.outliers, self.metrics),
-            metrics=self.metrics,
+            upstream=Upstream(cfg.upstream, self.pool, self.outliers, self.metrics), metrics=self.metrics,
             similarity_cache=ResultCache.for_similarity(self.stores.cache, **options) if caching else None,
             parse_cache=ResultCache.for_parse(self.stores.cache, **options) if caching else None,
             access=access,
@@ -171,12 +168,7 @@ class GatewayServer(Service):
         beats = Heartbeats.gateways(self.stores.registry, cfg.store.namespace, cfg.admin.heartbeat_ttl_s)
         self.publisher = publisher = HeartbeatPublisher(beats, beat(), refresh=beat)
         watcher.on_change(lambda record: publisher.update(now=True))  # acknowledge a new epoch at once
-
-        async def stop() -> None:
-            with contextlib.suppress(StoreUnavailable):
-                await publisher.stop(deregister=True)
-
-        stack.push_async_callback(stop)
+        stack.push_async_callback(publisher.stop)
 
     async def _build_control_plane(self, stack: AsyncExitStack) -> None:
         cfg, watcher, publisher = self.config, self.watcher, self.publisher
@@ -196,14 +188,14 @@ class GatewayServer(Service):
                         set_state=set_state, node_pids=node_pids)
         self.plane.call_observers.append(drills.observe_call)
         view = GatewayView(
-            region=cfg.region, watcher=watcher, registry=watcher.registry, nodes=self.nodes, balancer=self.balancer,
+            region=cfg.region, watcher=watcher, nodes=self.nodes, balancer=self.balancer,
             stats=self.stats, locate=self.plane.geo.locate, clients=access.clients,
             anonymous=access.anonymous is not None, default_limits=access.defaults)
         watch = SwitchWatch(watcher, self.stats, cfg.admin)
         stack.callback(watch.stop)
         self.admin = admin = Admin(
             view=view, settings=cfg.admin, tokens=TokenBook.load(cfg.admin.admin_tokens_file),
-            gateways=Roster(publisher.heartbeats), node_beats=self.node_beats, session=self.session,
+            gateways=Roster(publisher.heartbeats), session=self.session,
             golden=load_golden(cfg.admin.golden_file), watch=watch, drills=drills,
             publish_now=lambda: publisher.update(now=True),
         )

@@ -34,9 +34,10 @@ class Clock:
 def world(healthy: dict[str, int], clock: Clock | None = None) -> tuple[Balancer, NodeSet]:
     clock = clock or Clock()
     nodes = NodeSet(GatewayMetrics(), clock)
-    for region, count in healthy.items():
-        for i in range(count):
-            nodes.add(NodeState(NodeSpec(region, "blue", f"http://{region}-{i}"), healthy=True, model_version=V))
+    added, _ = nodes.sync(NodeSpec(region, "blue", f"http://{region}-{i}")
+                          for region, count in healthy.items() for i in range(count))
+    for node in added:  # as probes would have found them
+        node.healthy, node.model_version = True, V
     return Balancer(TOPOLOGY, nodes, clock=clock, rng=random.Random(7)), nodes
 
 

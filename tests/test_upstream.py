@@ -17,7 +17,7 @@ from geogate.gateway.dataplane.http1 import Http1Pool
 from geogate.gateway.dataplane.upstream import NodeRejected, RetryBudget, Upstream
 from geogate.gateway.ops.metrics import GatewayMetrics
 from geogate.gateway.routing.balancer import Balancer, Plan
-from geogate.gateway.routing.nodes import NodeSet, NodeState
+from geogate.gateway.routing.nodes import NodeSet
 from geogate.gateway.routing.outliers import OutlierDetector
 from geogate.gateway.routing.probes import HealthProbes
 from geogate.gateway.routing.topology import NodeSpec, Topology
@@ -70,6 +70,7 @@ class Fleet:
     async def start(self, nodes: dict[str, tuple[str, str]], session: aiohttp.ClientSession) -> Upstream:
         """``nodes``: name -> (region, behaviour)."""
         self.probes = HealthProbes(HealthSettings(), self.nodes, session, self.metrics)
+        specs = []
         for name, (region, kind) in nodes.items():
             app = behaving(kind)
             runner = web.AppRunner(app, shutdown_timeout=0.2)  # a hanging handler is cut off at cleanup
@@ -80,7 +81,10 @@ class Fleet:
             port = runner.addresses[0][1]
             url = f"http://127.0.0.1:{port}"
             self.apps[name] = app
-            self.nodes.add(NodeState(NodeSpec(region, "blue", url), healthy=True, model_version=V))
+            specs.append(NodeSpec(region, "blue", url))
+        added, _ = self.nodes.sync(specs)
+        for node in added:  # as probes would have found them
+            node.healthy, node.model_version = True, V
         self.client = Http1Pool(connect_timeout_s=self.settings.connect_timeout_ms / 1000)
         self.upstream = Upstream(self.settings, self.client, self.outliers, self.metrics)
         return self.upstream

@@ -30,7 +30,7 @@ from geogate.gateway.control.roster import Roster
 from geogate.gateway.control.view import GatewayView
 from geogate.gateway.control.watch import SwitchWatch
 from geogate.shared.errors import Conflict, Forbidden, InvalidRequest, NotFound, PrecheckFailed, StoreUnavailable
-from geogate.shared.heartbeats import GatewayHeartbeat, Heartbeats, NodeHeartbeat
+from geogate.shared.heartbeats import GatewayHeartbeat
 from geogate.shared.http import Handler, json_response, read_body, request_id
 from geogate.shared.registry import RegistryRecord
 from geogate.shared.schemas import decode, encode
@@ -81,7 +81,6 @@ class Admin:
     settings: AdminSettings
     tokens: TokenBook
     gateways: Roster  # the live gateways a change waits for
-    node_beats: Heartbeats[NodeHeartbeat]
     session: aiohttp.ClientSession  # for the golden set (the probes' session)
     golden: GoldenSet
     watch: SwitchWatch

@@ -29,7 +29,6 @@ Located = tuple[str | None, str, str]
 class GatewayView:
     region: str
     watcher: RegistryWatcher  # the snapshot this gateway serves by, its age, and apply()
-    registry: Registry  # changes: epoch compare-and-set, audited
     nodes: NodeSet
     balancer: Balancer  # dry-run plans (admin route)
     stats: StatsBook
@@ -37,6 +36,11 @@ class GatewayView:
     clients: Callable[[], dict[str, tuple[Client, str]]]  # name -> (client, "file" or "registry")
     anonymous: bool
     default_limits: Limits
+
+    @property
+    def registry(self) -> Registry:
+        """Where changes go: epoch compare-and-set, audited."""
+        return self.watcher.registry
 
     def known_regions(self) -> set[str]:
         return set(self.watcher.snapshot.regions) | set(self.balancer.topology.regions)

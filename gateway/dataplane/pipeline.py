@@ -26,7 +26,6 @@ from geogate.gateway.dataplane.upstream import Upstream
 from geogate.gateway.ops.metrics import GatewayMetrics
 from geogate.gateway.ops.stats import StatsBook
 from geogate.gateway.routing.balancer import Balancer, Plan
-from geogate.gateway.routing.nodes import NodeSet
 from geogate.shared.errors import ModelError, Unavailable
 from geogate.shared.http import request_id
 from geogate.shared.registry import RegistryRecord, RegistryWatcher
@@ -71,7 +70,6 @@ class DataPlane:
     geo: GeoResolver
     watcher: RegistryWatcher
     balancer: Balancer
-    nodes: NodeSet
     upstream: Upstream
     metrics: GatewayMetrics
     similarity_cache: ResultCache[tuple[str, str], SimilarityResult] | None

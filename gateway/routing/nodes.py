@@ -57,21 +57,11 @@ class NodeSet:
     def __iter__(self) -> Iterator[NodeState]:
         return iter(self._nodes.values())
 
-    def __len__(self) -> int:
-        return len(self._nodes)
-
-    def get(self, url: str) -> NodeState | None:
-        return self._nodes.get(url)
-
     def in_region(self, region: str) -> list[NodeState]:
         return [n for n in self._nodes.values() if n.spec.region == region]
 
     def regions(self) -> set[str]:
         return {n.spec.region for n in self._nodes.values()}
-
-    def add(self, node: NodeState) -> None:
-        self._nodes[node.url] = node
-        self.changed()
 
     def sync(self, specs: Iterable[NodeSpec]) -> tuple[list[NodeState], list[NodeState]]:
         """Exactly these nodes from now on; (the nodes added, the nodes removed)."""
