@@ -107,7 +107,7 @@ class GeoResolver:
         code: str | None = found.country.iso_code or found.registered_country.iso_code
         return code
 
-    def locate(self, ip: IPAddress) -> tuple[str | None, str, str]:
+    def locate(self, ip: IPAddress | None) -> tuple[str | None, str, str]:
         """(country, home region, "geoip" or "default") of an address, headers aside."""
         country = self.country(ip)
         if country in self.countries:
@@ -120,7 +120,5 @@ class GeoResolver:
             code = (headers.get(self.cdn_header) or "").strip().upper()
             if code in self.countries:
                 return ClientGeo(str(ip) if ip else None, code, self.countries[code], "cdn-header")
-        country = self.country(ip)
-        if country and country in self.countries:
-            return ClientGeo(str(ip), country, self.countries[country], "geoip")
-        return ClientGeo(str(ip) if ip else None, country, self.default_region, "default")
+        country, region, how = self.locate(ip)
+        return ClientGeo(str(ip) if ip else None, country, region, how)
