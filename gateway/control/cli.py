@@ -41,7 +41,7 @@ examples:
 Which gateway: --url (or GEOGATE_ADMIN_URL); without one, the deployment geogate up left
 in --run-dir (its first gateway, its admin token and, for --tls, its CA).
 Which token: --token-file (or GEOGATE_ADMIN_TOKEN_FILE), else GEOGATE_ADMIN_TOKEN, else
-the run directory's admin-token.
+(without --url) the run directory's admin-token.
 """
 
 EXAMPLES = {
@@ -78,9 +78,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                         help="a deployment started by geogate up (default: %(default)s)")
     common.add_argument("--token-file", default=os.environ.get("GEOGATE_ADMIN_TOKEN_FILE"), metavar="FILE",
                         help="file holding the bearer token [env GEOGATE_ADMIN_TOKEN_FILE; default: "
-                        "GEOGATE_ADMIN_TOKEN, else the run directory's admin-token]")
+                        "GEOGATE_ADMIN_TOKEN, else (without --url) the run directory's admin-token]")
     common.add_argument("--cacert", metavar="FILE",
-                        help="CA bundle for an HTTPS gateway (default: the run directory's CA, else the system's)")
+                        help="CA bundle for an HTTPS gateway (default: without --url, the run directory's CA; else "
+                        "the system's)")
     common.add_argument("--json", action="store_true", help="print the API's JSON instead of tables")
     cmds = admin.add_subparsers(dest="admin_command", required=True, metavar="COMMAND")
 
@@ -164,18 +165,15 @@ def _hash_token(args: argparse.Namespace) -> int:
 
 
 def _target(args: argparse.Namespace) -> tuple[str, str, str | None]:
-    """(gateway URL, bearer token, CA file) from the flags, the environment and the run
-    directory, in that order."""
-    local = read_endpoints(args.run_dir) if args.url is None or args.token_file is None else None
-    url = args.url or (next(iter((local or {}).get("gateways", {}).values()), None)) or DEFAULT_URL
-    cacert = args.cacert or (local or {}).get("tls_ca")
-    token_file = args.token_file
-    if token_file is None and os.environ.get("GEOGATE_ADMIN_TOKEN"):
-        return url, os.environ["GEOGATE_ADMIN_TOKEN"], cacert
-    if token_file is None and local is not None:
-        token_file = local.get("admin_token_file")
+    """(gateway URL, bearer token, CA file). Without --url, the deployment geogate up left
+    in --run-dir supplies all three; its token never goes to a gateway named otherwise."""
+    local = (read_endpoints(args.run_dir) or {}) if args.url is None else {}
+    url = args.url or next(iter(local.get("gateways", {}).values()), DEFAULT_URL)
+    cacert = args.cacert or local.get("tls_ca")
+    env_token = os.environ.get("GEOGATE_ADMIN_TOKEN")
+    token_file = args.token_file or (None if env_token else local.get("admin_token_file"))
     if token_file is None:
-        return url, "", cacert
+        return url, env_token or "", cacert
     try:
         token = Path(token_file).read_text(encoding="utf-8").strip()
     except OSError as exc:
