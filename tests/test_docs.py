@@ -86,7 +86,7 @@ TAIL = """
 | `launcher.colors` | the model of each color: `demo`, `demo-v2`, a model directory or a hub id | `{blue: demo, green: demo-v2}` |
 | `launcher.active` | the color the registry starts with | `blue` |
 | `launcher.nodes_per_color` | nodes of each color in each region (`--nodes-per-color`) | `1` |
-| `launcher.node` | node settings for every node, by name (`cpu_threads: 1`) | none |
+| `launcher.node` | settings for every node, as in a node's own file (`cpu_threads: 1`); written to `RUN_DIR/node.yaml`, which every node reads with `--config` | none |
 
 ## Environment of the command-line tools
 

@@ -19,16 +19,16 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from geogate.gateway.launcher.plan import DEFAULT_TOPOLOGY, GEOGATE, LaunchPlan, build_plan
 from geogate.gateway.launcher.progress import LiveTable, Status
 from geogate.shared.rundir import ENDPOINTS, default_run_dir, read_endpoints
 
 if TYPE_CHECKING:
     from geogate.gateway.launcher.deployment import UpOptions
-    from geogate.gateway.launcher.plan import LaunchPlan
 
 __all__ = ["add_down_parser", "add_up_parser"]
 
-LAUNCHER_MARK = "geogate.shared.cli"  # in the command line of the launcher and of every process it starts
+LAUNCHER_MARK = GEOGATE[-1]  # in the command line of the launcher and of every process it starts
 
 UP_EXAMPLES = """\
 examples:
@@ -39,8 +39,6 @@ examples:
 
 
 def add_up_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from geogate.gateway.launcher.plan import DEFAULT_TOPOLOGY
-
     up = sub.add_parser(
         "up",
         help="run a whole multi-region deployment on this machine (the demo)",
@@ -85,7 +83,6 @@ def add_down_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _up(args: argparse.Namespace) -> int:
-    from geogate.gateway.launcher.plan import build_plan
     from geogate.shared.config import ConfigError
 
     run_dir: Path = args.run_dir.resolve()
@@ -155,7 +152,7 @@ def _detach(args: argparse.Namespace, run_dir: Path) -> int:
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     for stale in ("status.json", ENDPOINTS):
         (run_dir / stale).unlink(missing_ok=True)
-    argv = [sys.executable, "-m", LAUNCHER_MARK, "up", "--supervise", "--run-dir", str(run_dir),
+    argv = [*GEOGATE, "up", "--supervise", "--run-dir", str(run_dir),
             "--config", str(args.config), "--port-base", str(args.port_base), "--wait-s", str(args.wait_s)]
     for flag, value in (("--regions", args.regions), ("--nodes-per-color", args.nodes_per_color),
                         ("--store", args.store)):

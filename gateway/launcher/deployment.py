@@ -18,7 +18,6 @@ import secrets
 import shutil
 import socket
 import ssl
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ import yaml
 
 from geogate.gateway.control.auth import hash_token
 from geogate.gateway.dataplane.geoip_build import default_output
-from geogate.gateway.launcher.plan import TEST_GEOIP_DB, LaunchPlan, NodePlan, sample_client_ip
+from geogate.gateway.launcher.plan import GEOGATE, TEST_GEOIP_DB, LaunchPlan, NodePlan, sample_client_ip
 from geogate.gateway.launcher.progress import Row, Status
 from geogate.gateway.launcher.supervisor import Child, Supervisor
 from geogate.gateway.launcher.tls import LocalTLS, make_local_tls
@@ -46,9 +45,6 @@ __all__ = ["Deployment", "LaunchError", "UpOptions"]
 log = logging.getLogger("geogate.launcher")
 
 SAMPLE_PAIR = '{"pairs": [["浙江省杭州市余杭区文一西路969号", "杭州余杭文一西路969号"]]}'
-# Nodes and gateways are started by their command line, never imported: the launcher
-# composes the two services from above (``geogate node ...``, ``geogate gateway ...``).
-GEOGATE = [sys.executable, "-m", "geogate.shared.cli"]
 
 
 class LaunchError(RuntimeError):
@@ -179,6 +175,7 @@ class Deployment:
             self._client_ssl = ssl.create_default_context(cafile=str(self.tls.ca))
         self.geoip_db = _default_geoip_db()
         await self._start_store()
+        self._write_node_file()
         for node in self.plan.nodes:
             await self.supervisor.start(Child(node.name, "node", self._node_argv(node), self._log(node.name),
                                               env=_child_env()))
@@ -248,16 +245,19 @@ class Deployment:
         return self.run_dir / "logs" / f"{name}.log"
 
     def _node_argv(self, node: NodePlan) -> list[str]:
-        argv = [*GEOGATE, "node", "--model", node.model, "--region", node.region, "--color", node.color,
-                "--host", self.plan.host, "--port", str(node.port)]
-        for key, value in self.plan.node_settings.items():
-            flag = key.replace("_", "-")
-            argv += [f"--{flag}" if value else f"--no-{flag}"] if isinstance(value, bool) else [f"--{flag}", str(value)]
+        argv = [*GEOGATE, "node", "--config", str(self.run_dir / "node.yaml"), "--model", node.model,
+                "--region", node.region, "--color", node.color, "--host", self.plan.host, "--port", str(node.port)]
         if self.store_url:
             argv += ["--registry-url", self.store_url, "--advertise-url", self._url(node.port)]
         if self.tls:
             argv += ["--tls-cert", str(self.tls.cert), "--tls-key", str(self.tls.key)]
         return argv
+
+    def _write_node_file(self) -> None:
+        """The topology file's ``launcher.node`` settings, for every node to read as its own."""
+        text = "# written by geogate up: the settings every node of this run reads\n"
+        data = {"node": self.plan.node_settings}
+        _write_atomic(self.run_dir / "node.yaml", (text + yaml.safe_dump(data, sort_keys=False)).encode())
 
     def _write_gateway_file(self) -> None:
         extra: dict[str, Any] = {"registry_url": self.store_url, "namespace": self.opt.namespace,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import socket
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +22,14 @@ from geogate.gateway.config import GatewayConfig
 from geogate.gateway.routing.topology import parse_topology
 from geogate.shared.config import ConfigError, nested
 
-__all__ = ["DEFAULT_TOPOLOGY", "TEST_GEOIP_DB", "GatewayPlan", "LaunchPlan", "NodePlan", "build_plan",
+__all__ = ["DEFAULT_TOPOLOGY", "GEOGATE", "TEST_GEOIP_DB", "GatewayPlan", "LaunchPlan", "NodePlan", "build_plan",
            "sample_client_ip"]
+
+# The `geogate` command as this Python runs it. Nodes and gateways are started by their
+# command line, never imported: the launcher composes the two services from above. The
+# module's name in a process's command line also tells the launcher's own processes
+# apart from others that reuse a pid.
+GEOGATE = [sys.executable, "-m", "geogate.shared.cli"]
 
 # Both ship in the package, so an installed geogate runs its own demo.
 DEFAULT_TOPOLOGY = Path(__file__).with_name("topology.yaml")
