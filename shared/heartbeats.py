@@ -19,6 +19,7 @@ from typing import Any, Generic, TypeVar
 import msgspec
 
 from geogate.shared.errors import StoreUnavailable
+from geogate.shared.lifecycle import cancel
 from geogate.shared.store import Store
 
 __all__ = ["GatewayHeartbeat", "HeartbeatPublisher", "Heartbeats", "NodeHeartbeat", "TopologyNode", "merge_topology"]
@@ -109,7 +110,6 @@ class HeartbeatPublisher(Generic[B]):
         self._refresh = refresh  # rebuilds the beat on every tick (a gateway's epoch and traffic)
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
-        self._stopping = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="heartbeat")
@@ -122,7 +122,7 @@ class HeartbeatPublisher(Generic[B]):
 
     async def _run(self) -> None:
         interval = self.heartbeats.ttl_s / 3
-        while not self._stopping:
+        while True:
             self._wake.clear()
             if self._refresh is not None:
                 self.beat = self._refresh()
@@ -137,13 +137,8 @@ class HeartbeatPublisher(Generic[B]):
                 woken.cancel()
 
     async def stop(self, *, deregister: bool = True) -> None:
-        # A flag as well as the cancel: a cancellation that lands inside the store call
-        # can be swallowed there (asyncio.wait_for in Python 3.11), and the loop must end anyway.
-        self._stopping = True
-        self._wake.set()
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel(self._task)  # also when the store call swallowed the first cancel
             self._task = None
         if deregister:
             with contextlib.suppress(StoreUnavailable):

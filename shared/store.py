@@ -284,10 +284,10 @@ class MemoryStore:
 # ---------------------------------------------------------------------------- Redis
 
 
-def raise_if_cancelled() -> None:
-    """Re-raise a cancellation redis-py swallowed: on Python 3.11 its ``asyncio.wait_for``
-    can lose a cancel that lands as the call completes, and a loop around such a call
-    would then never end (a watcher's close() waited forever)."""
+def _raise_if_cancelled() -> None:
+    """Re-raise a cancel of the caller that a redis-py call swallowed: on Python 3.11 a
+    cancel landing in ``PubSub.get_message`` can end in an ordinary return (no message),
+    and a loop around it then never ends (a registry watcher's close() waited forever)."""
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
@@ -495,7 +495,7 @@ class RedisStore:
                         message = await pubsub.get_message(timeout=1.0)
                     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
                         raise StoreUnavailable(f"subscription to {channel} on {self.name} lost: {exc}") from exc
-                    raise_if_cancelled()
+                    _raise_if_cancelled()
                     if message is not None and message["type"] == "message":
                         yield message["data"]
 
