@@ -32,6 +32,7 @@ __all__ = [
     "check",
     "flatten",
     "nested",
+    "read_yaml",
     "reference",
     "section",
     "setting",
@@ -188,7 +189,7 @@ def build_config(
     values: dict[str, Any] = {}
 
     if file is not None:
-        data = _read_yaml(file)
+        data = read_yaml(file)
         layer = data[section] if isinstance(data.get(section), dict) else data
         values.update(_file_values(layer, known, cls, f"{file}: "))
     for s in known.values():
@@ -236,7 +237,8 @@ def _file_values(layer: Mapping[str, Any], known: dict[str, Setting], cls: type[
     return values
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path) -> dict[str, Any]:
+    """A config file's mapping, or a ConfigError that names the file."""
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError) as exc:

@@ -16,11 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from geogate.gateway.config import GatewayConfig
 from geogate.gateway.routing.topology import parse_topology
-from geogate.shared.config import ConfigError, nested
+from geogate.shared.config import ConfigError, nested, read_yaml
 
 __all__ = ["DEFAULT_TOPOLOGY", "GEOGATE", "TEST_GEOIP_DB", "GatewayPlan", "LaunchPlan", "NodePlan", "build_plan",
            "sample_client_ip"]
@@ -92,12 +90,7 @@ class LaunchPlan:
 
 def build_plan(config: Path, *, regions: Sequence[str] | None = None, nodes_per_color: int | None = None,
                port_base: int = 8080, host: str = "127.0.0.1") -> LaunchPlan:
-    try:
-        data = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read {config}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{config}: expected a mapping")
+    data = read_yaml(config)
     launcher = data.get("launcher") or {}
     known = parse_topology(data, str(config))  # validates regions:, countries:
     if not known.regions:

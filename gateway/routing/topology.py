@@ -24,9 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
-
-from geogate.shared.config import ConfigError
+from geogate.shared.config import ConfigError, read_yaml
 from geogate.shared.networks import IPNetwork
 
 __all__ = ["NodeSpec", "RegionSpec", "Topology", "load_topology", "refuse_node_url"]
@@ -101,11 +99,7 @@ def refuse_node_url(url: str, networks: tuple[IPNetwork, ...]) -> str:
 def load_topology(path: Path | None) -> Topology:
     if path is None:
         return Topology()
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read config {path}: {exc}") from exc
-    return parse_topology(data, str(path))
+    return parse_topology(read_yaml(path), str(path))
 
 
 def parse_topology(data: dict[str, Any], where: str = "config") -> Topology:
